@@ -1,0 +1,61 @@
+# Two commands do their own set-up on a fresh machine: `make book` and `make test`.
+# Everything runs inside .venv, made from requirements.txt on first use.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
+LINTED := chipbook tests scripts notebooks
+JB_FLAGS := --all -W -n --keep-going
+
+.PHONY: help venv book test lint unit nbval html-build browser lab notebooks bench clean
+
+help:
+	@echo "make book       build the HTML into _build/html"
+	@echo "make test       run every check CI runs"
+	@echo "make lab        open the notebooks in JupyterLab"
+	@echo "make notebooks  re-execute and save every notebook from a fresh kernel"
+	@echo "make bench      time the notebooks, the build, page sizes and slider moves"
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip==26.3
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	touch $@
+
+book: $(STAMP)
+	$(BIN)/jupyter-book build . $(JB_FLAGS)
+	@echo "Open _build/html/index.html in a browser."
+
+# What CI runs: lint, unit and data tests, strict nbval, the strict HTML build, browser tests.
+test: lint unit nbval html-build browser
+
+lint: $(STAMP)
+	$(BIN)/ruff check $(LINTED)
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -m "not browser" tests
+
+nbval: $(STAMP)
+	$(BIN)/python -m pytest --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg \
+		-p no:cacheprovider notebooks
+
+html-build: book
+
+browser: $(STAMP)
+	$(BIN)/python -m pytest -m browser tests
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks
+
+notebooks: $(STAMP)
+	$(BIN)/python scripts/execute_notebooks.py $(NOTEBOOKS)
+
+bench: $(STAMP)
+	$(BIN)/python scripts/bench.py
+
+clean:
+	rm -rf _build

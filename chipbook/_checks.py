@@ -1,0 +1,70 @@
+"""Argument checks shared by chipbook's public functions.
+
+Each check raises ValueError that names the parameter and what is allowed, so that bad input gives a
+clear error instead of a wrong number. Checks accept Python numbers and numpy arrays alike and return
+a float (for a scalar) or a float array.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+
+def _as_float(name: str, value: Any) -> np.ndarray:
+    if isinstance(value, bool) or (isinstance(value, np.ndarray) and value.dtype == bool):
+        raise ValueError(f"{name} must be a number, got a boolean")
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return arr
+
+
+def _out(arr: np.ndarray) -> float | np.ndarray:
+    return float(arr) if arr.ndim == 0 else arr
+
+
+def positive(name: str, value: Any) -> float | np.ndarray:
+    """``value`` as float(s), required finite and > 0."""
+    arr = _as_float(name, value)
+    if np.any(arr <= 0):
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+    return _out(arr)
+
+
+def non_negative(name: str, value: Any) -> float | np.ndarray:
+    """``value`` as float(s), required finite and >= 0."""
+    arr = _as_float(name, value)
+    if np.any(arr < 0):
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+    return _out(arr)
+
+
+def fraction(name: str, value: Any) -> float | np.ndarray:
+    """``value`` as float(s), required in the half-open interval (0, 1]."""
+    arr = _as_float(name, value)
+    if np.any((arr <= 0) | (arr > 1)):
+        raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+    return _out(arr)
+
+
+def count(name: str, value: Any, minimum: int = 1) -> int:
+    """``value`` as an int, required whole and >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def choice(name: str, value: Any, allowed: Iterable[str]) -> str:
+    """``value`` required to be one of ``allowed``."""
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+    return value

@@ -1,0 +1,145 @@
+"""Explorable figures that work with no kernel.
+
+An explorable precomputes one frame (a small PNG drawn by a ``plot_…`` function) for every point of
+a grid of parameter values, puts the frames in nested ``ipywidgets.Stack`` widgets and links each
+control to the Stacks of its level with ``jslink``. The link runs in the browser, so the published
+page, which holds the saved widget state and no kernel, still shows the frame that the controls
+select. The same widget works in a live kernel.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+from PIL import Image
+
+from chipbook import _checks
+
+MAX_FRAMES = 96  # beyond this the page outgrows the book's 3 MB budget
+
+
+@dataclass(frozen=True)
+class Param:
+    """One explorable parameter: the keyword ``name`` of the plot function, the control's
+    ``label`` (with its unit), the ``values`` to precompute and, optionally, how each is shown."""
+
+    name: str
+    label: str
+    values: Sequence[Any]
+    shown: Sequence[str] | None = None
+    buttons: bool = False  # toggle buttons instead of a slider, for a few categories
+    _labels: tuple[str, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier():
+            raise ValueError(f"name must be a Python identifier, got {self.name!r}")
+        if len(self.values) < 2:
+            raise ValueError(f"values of {self.name!r} must hold at least 2 values")
+        shown = [str(v) for v in self.values] if self.shown is None else [str(s) for s in self.shown]
+        if len(shown) != len(self.values):
+            raise ValueError(f"shown of {self.name!r} must have one label per value")
+        if len(set(shown)) != len(shown):
+            raise ValueError(f"shown of {self.name!r} must label each value differently")
+        object.__setattr__(self, "_labels", tuple(shown))
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self._labels
+
+    def control(self) -> widgets.Widget:
+        """The control: a slider over the labelled values, or toggle buttons."""
+        common = {"options": list(self.labels), "index": 0, "description": self.label,
+                  "style": {"description_width": "initial"}}
+        if self.buttons:
+            return widgets.ToggleButtons(**common)
+        return widgets.SelectionSlider(continuous_update=True, layout=widgets.Layout(width="95%"), **common)
+
+
+def figure_png(fig: Figure, *, dpi: int = 80, colors: int = 96) -> bytes:
+    """The figure as PNG bytes with a reduced palette (line art loses nothing visible and the
+    file shrinks several-fold); the same figure always gives the same bytes."""
+    _checks.count("dpi", dpi, minimum=20)
+    _checks.count("colors", colors, minimum=2)
+    raw = io.BytesIO()
+    fig.savefig(raw, format="png", dpi=dpi, metadata={"Software": None})
+    image = Image.open(raw).convert("RGB").quantize(colors=colors, method=Image.Quantize.MEDIANCUT)
+    out = io.BytesIO()
+    image.save(out, format="png", optimize=True)
+    return out.getvalue()
+
+
+class Explorable(widgets.VBox):
+    """The controls above the stacked frames. Its text form names the grid, never a widget id, so
+    that a notebook's saved output is the same on every run."""
+
+    def __init__(self, controls: list[widgets.Widget], frames: widgets.Stack, summary: str):
+        super().__init__([*controls, frames])
+        self.add_class("chipbook-explorable")
+        self._summary = summary
+
+    def __repr__(self) -> str:
+        return self._summary
+
+
+def explorable(
+    plot: Callable[..., Figure],
+    params: Sequence[Param],
+    *,
+    fixed: dict[str, Any] | None = None,
+    dpi: int = 80,
+    alt: str = "",
+) -> Explorable:
+    """Build an explorable of ``plot(**fixed, **{p.name: value for p in params})`` over the grid
+    of every combination of the parameters' values (one, two or three parameters).
+
+    ``alt`` describes the frames for screen readers (set as each frame's title).
+    """
+    params = list(params)
+    if not 1 <= len(params) <= 3:
+        raise ValueError(f"params must hold 1 to 3 parameters, got {len(params)}")
+    names = [p.name for p in params]
+    if len(set(names)) != len(names):
+        raise ValueError(f"params must have distinct names, got {names}")
+    fixed = dict(fixed or {})
+    clash = set(fixed) & set(names)
+    if clash:
+        raise ValueError(f"fixed sets explored parameters: {sorted(clash)}")
+    n_frames = 1
+    for p in params:
+        n_frames *= len(p.values)
+    if n_frames > MAX_FRAMES:
+        raise ValueError(f"the grid has {n_frames} frames; at most {MAX_FRAMES} are allowed")
+
+    pngs = {}
+    for index in itertools.product(*(range(len(p.values)) for p in params)):
+        fig = plot(**fixed, **{p.name: p.values[i] for p, i in zip(params, index, strict=True)})
+        pngs[index] = figure_png(fig, dpi=dpi)
+        plt.close(fig)
+
+    controls = [p.control() for p in params]
+    levels: list[list[widgets.Stack]] = [[] for _ in params]
+
+    def stack(prefix: tuple[int, ...]) -> widgets.Widget:
+        depth = len(prefix)
+        if depth == len(params):
+            return widgets.Image(value=pngs[prefix], format="png", tooltip=alt or None,
+                                 layout=widgets.Layout(width="100%", max_width="640px"))
+        children = [stack((*prefix, i)) for i in range(len(params[depth].values))]
+        node = widgets.Stack(children, selected_index=0)
+        levels[depth].append(node)
+        return node
+
+    frames = stack(())
+    for control, stacks in zip(controls, levels, strict=True):
+        for node in stacks:
+            widgets.jslink((control, "index"), (node, "selected_index"))
+
+    grid = " × ".join(f"{p.name} [{len(p.values)}]" for p in params)
+    return Explorable(controls, frames, f"Explorable({plot.__name__}: {grid}, {n_frames} frames)")
