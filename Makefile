@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
-LINTED := chipbook tests scripts notebooks
+LINTED := chipbook tests scripts notebooks book
 JB_FLAGS := --all -W -n --keep-going
 
 .PHONY: help venv book test lint unit nbval html-build browser lab notebooks bench clean
@@ -41,7 +41,7 @@ unit: $(STAMP)
 
 nbval: $(STAMP)
 	$(BIN)/python -m pytest --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg \
-		-p no:cacheprovider notebooks
+		-p no:cacheprovider notebooks book
 
 html-build: book
 

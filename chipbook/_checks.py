@@ -7,17 +7,38 @@ a float (for a scalar) or a float array.
 
 from __future__ import annotations
 
+import decimal
+import numbers
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
 
+def _is_real(item: Any) -> bool:
+    return isinstance(item, (numbers.Real, decimal.Decimal)) and not isinstance(item, (bool, np.bool_))
+
+
 def _as_float(name: str, value: Any) -> np.ndarray:
-    if isinstance(value, bool) or (isinstance(value, np.ndarray) and value.dtype == bool):
-        raise ValueError(f"{name} must be a number, got a boolean")
+    # Text such as "3" would convert silently, and None to NaN: neither is a number.
+    if isinstance(value, (str, bytes)) or value is None:
+        raise ValueError(f"{name} must be a number, got {value!r}")
     try:
-        arr = np.asarray(value, dtype=float)
+        raw = np.asarray(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if isinstance(value, (list, tuple)) and raw.dtype.kind != "O":
+        items = np.asarray(value, dtype=object).ravel()  # a list such as [1, True] converts to ints
+    else:
+        items = raw.ravel() if raw.dtype.kind == "O" else ()
+    if raw.dtype.kind == "b" or any(isinstance(v, (bool, np.bool_)) for v in items):
+        raise ValueError(f"{name} must be a number, got a boolean")
+    if raw.dtype.kind not in "iuf" and not (raw.dtype.kind == "O" and all(map(_is_real, raw.ravel()))):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    try:
+        arr = raw.astype(float)
+    except OverflowError:
+        raise ValueError(f"{name} must be finite, got {value!r}") from None
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a number, got {value!r}") from None
     if not np.all(np.isfinite(arr)):

@@ -87,6 +87,8 @@ def _check_cell(where: str, column: str, unit: str, raw: str, keys: set[str]):
     if value == "":
         return math.nan
     try:
+        if "_" in value:  # float() accepts "1_000"; the README allows no digit separators
+            raise ValueError(value)
         number = float(value)
     except ValueError:
         raise DataError(f"{where}, column {column!r}: {raw!r} is not a number ({unit})") from None
@@ -102,14 +104,29 @@ def load_file(path: Path, columns: list[tuple[str, str]], keys: set[str]) -> pd.
         header = next(reader, None)
         declared = [c for c, _ in columns]
         if header != declared:
-            raise DataError(f"{path}, line 1: header {header} differs from data/README.md: {declared}")
+            header = header or []
+            first = next((i for i, (h, d) in enumerate(zip(header, declared, strict=False)) if h != d),
+                         min(len(header), len(declared)))
+            found = repr(header[first]) if first < len(header) else "nothing"
+            wanted = repr(declared[first]) if first < len(declared) else "nothing"
+            raise DataError(f"{path}, line 1, column {first + 1}: header has {found} where data/README.md "
+                            f"declares {wanted}; header {header}, declared {declared}")
         records = []
+        end = reader.line_num
         for row in reader:
-            where = f"{path}, line {reader.line_num}"
+            # a quoted field may span lines: name the line the row starts on (and where it ends)
+            start, end = end + 1, reader.line_num
+            where = f"{path}, line {start}" if start == end else f"{path}, lines {start}-{end}"
             if not any(cell.strip() for cell in row):
                 continue
-            if len(row) != len(columns):
-                raise DataError(f"{where}: {len(row)} cells, expected {len(columns)}")
+            if len(row) < len(columns):
+                missing = ", ".join(repr(c) for c in declared[len(row):])
+                raise DataError(f"{where}: {len(row)} cells, expected {len(columns)}; "
+                                f"no value for column {missing}")
+            if len(row) > len(columns):
+                raise DataError(f"{where}: {len(row)} cells, expected {len(columns)}; "
+                                f"extra value {row[len(columns)]!r} after column {declared[-1]!r} "
+                                f"(quote a field that contains a comma)")
             records.append([_check_cell(where, c, u, raw, keys)
                             for (c, u), raw in zip(columns, row, strict=True)])
     frame = pd.DataFrame(records, columns=declared)
@@ -141,3 +158,25 @@ def _load(name: str) -> pd.DataFrame:
 def names() -> list[str]:
     """The names of every data file that data/README.md describes."""
     return sorted(f[:-4] for f in schemas())
+
+
+def markdown_table(name: str) -> str:
+    """``data/<name>.csv`` as a MyST Markdown table: units in the header, numbers to four significant
+    digits, blank cells as "–", and each source as a citation of its bibliography entry."""
+    frame = load(name)
+    units = frame.attrs["units"]
+
+    def cell(value, unit: str) -> str:
+        if pd.isna(value):
+            return "–"
+        if unit == "bibkey":
+            return f"{{cite:p}}`{value}`"
+        if UNITS[unit][0] == "number":
+            return f"{value:.4g}"
+        return str(value).replace("|", "\\|")
+
+    header = [c if units[c] in ("text", "bibkey") else f"{c} ({units[c]})" for c in frame.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for _, row in frame.iterrows():
+        lines.append("| " + " | ".join(cell(row[c], units[c]) for c in frame.columns) + " |")
+    return "\n".join(lines)

@@ -9,6 +9,7 @@ select. The same widget works in a live kernel.
 
 from __future__ import annotations
 
+import html
 import io
 import itertools
 from collections.abc import Callable, Sequence
@@ -76,11 +77,11 @@ def figure_png(fig: Figure, *, dpi: int = 80, colors: int = 96) -> bytes:
 
 
 class Explorable(widgets.VBox):
-    """The controls above the stacked frames. Its text form names the grid, never a widget id, so
-    that a notebook's saved output is the same on every run."""
+    """The controls above the stacked frames, then the frames' description. Its text form names the
+    grid, never a widget id, so that a notebook's saved output is the same on every run."""
 
-    def __init__(self, controls: list[widgets.Widget], frames: widgets.Stack, summary: str):
-        super().__init__([*controls, frames])
+    def __init__(self, children: list[widgets.Widget], summary: str):
+        super().__init__(children)
         self.add_class("chipbook-explorable")
         self._summary = summary
 
@@ -93,15 +94,18 @@ def explorable(
     params: Sequence[Param],
     *,
     fixed: dict[str, Any] | None = None,
+    alt: str,
     dpi: int = 80,
-    alt: str = "",
 ) -> Explorable:
     """Build an explorable of ``plot(**fixed, **{p.name: value for p in params})`` over the grid
     of every combination of the parameters' values (one, two or three parameters).
 
-    ``alt`` describes the frames for screen readers (set as each frame's title).
+    ``alt`` describes the frames for screen readers: it is placed, visually hidden, after the frames
+    (the widget library's image has no alt attribute, and its tooltip breaks the page's renderer).
     """
     params = list(params)
+    if not alt.strip():
+        raise ValueError("alt must describe the frames in words, for readers who cannot see them")
     if not 1 <= len(params) <= 3:
         raise ValueError(f"params must hold 1 to 3 parameters, got {len(params)}")
     names = [p.name for p in params]
@@ -129,7 +133,7 @@ def explorable(
     def stack(prefix: tuple[int, ...]) -> widgets.Widget:
         depth = len(prefix)
         if depth == len(params):
-            return widgets.Image(value=pngs[prefix], format="png", tooltip=alt or None,
+            return widgets.Image(value=pngs[prefix], format="png",
                                  layout=widgets.Layout(width="100%", max_width="640px"))
         children = [stack((*prefix, i)) for i in range(len(params[depth].values))]
         node = widgets.Stack(children, selected_index=0)
@@ -142,4 +146,7 @@ def explorable(
             widgets.jslink((control, "index"), (node, "selected_index"))
 
     grid = " × ".join(f"{p.name} [{len(p.values)}]" for p in params)
-    return Explorable(controls, frames, f"Explorable({plot.__name__}: {grid}, {n_frames} frames)")
+    described = widgets.HTML(html.escape(alt))
+    described.add_class("chipbook-alt")
+    summary = f"Explorable({plot.__name__}: {grid}, {n_frames} frames)"
+    return Explorable([*controls, frames, described], summary)

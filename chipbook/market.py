@@ -53,6 +53,31 @@ class Attention:
         return 4.0 * self.layers * self.d_attn * self.context
 
 
+def _shape(model: Mapping[str, float]) -> tuple[int, int] | None:
+    """(layers, attention width) of a row of data/models.csv, or None where not published."""
+    values = [model[k] for k in ("layers", "heads", "head_dim")]
+    if any(v is None or np.isnan(v) for v in values):
+        return None
+    layers, heads, head_dim = (int(v) for v in values)
+    return layers, heads * head_dim
+
+
+def training_attention(model: Mapping[str, float]) -> Attention | None:
+    """Attention of training ``model`` (a row of data/models.csv) on causal sequences of its
+    pre-training context; None where its shape or context is not published."""
+    shape = _shape(model)
+    if shape is None or model["context"] is None or np.isnan(model["context"]):
+        return None
+    return Attention.causal(*shape, int(model["context"]))
+
+
+def serving_attention(model: Mapping[str, float], context: float) -> Attention | None:
+    """Attention of serving ``model`` (a row of data/models.csv) with each token attending to
+    ``context`` tokens on average; None where its shape is not published."""
+    shape = _shape(model)
+    return None if shape is None else Attention(*shape, context)
+
+
 def _per_token(params: float, flop_per_param: float, attention: Attention | None, passes: float):
     params = _checks.positive("params", params)
     extra = 0.0 if attention is None else passes * attention.forward_flop_per_token()
@@ -133,6 +158,7 @@ def crossover_days(
     compares accelerator-hours on the same chips: serving at a lower utilisation than training
     crosses over sooner by the factor train_utilisation / serve_utilisation.
     """
+    params = _checks.positive("params", params)  # it cancels, but None must not pass silently
     tokens_per_day = _checks.positive("tokens_per_day", tokens_per_day)
     train_utilisation = _checks.fraction("train_utilisation", train_utilisation)
     serve_utilisation = _checks.fraction("serve_utilisation", serve_utilisation)
@@ -148,6 +174,7 @@ def spend_ratio(
     train_utilisation: float,
     serve_utilisation: float,
     price_ratio: float = 1.0,
+    train_overhead: float = 1.0,
     serve_attention: Attention | None = None,
     train_attention: Attention | None = None,
 ) -> float:
@@ -155,11 +182,16 @@ def spend_ratio(
 
     Spend is accelerator-hours times price: FLOP / (peak · utilisation) · price. The peak cancels
     when both run on chips of the same peak; ``price_ratio`` is the price of an inference
-    accelerator-hour over a training one.
+    accelerator-hour over a training one. ``train_overhead`` multiplies the final run's training
+    compute to count the experiments, ablations and failed runs that led to it (≥ 1).
     """
     served_tokens = _checks.non_negative("served_tokens", served_tokens)
+    train_tokens = _checks.positive("train_tokens", train_tokens)  # named here, not as "tokens"
     price_ratio = _checks.positive("price_ratio", price_ratio)
-    train = training_flops(params, train_tokens, train_attention) / _checks.fraction(
+    train_overhead = _checks.positive("train_overhead", train_overhead)
+    if train_overhead < 1:
+        raise ValueError(f"train_overhead must be >= 1, got {train_overhead!r}")
+    train = train_overhead * training_flops(params, train_tokens, train_attention) / _checks.fraction(
         "train_utilisation", train_utilisation
     )
     serve = inference_flops(params, served_tokens, serve_attention) / _checks.fraction(
@@ -205,6 +237,14 @@ def sensitivity(
     return table
 
 
+def _range(name: str, value: tuple[float, float]) -> tuple[float, float]:
+    try:
+        low, high = value
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a (low, high) pair, got {value!r}") from None
+    return _checks.positive(name, low), _checks.positive(name, high)
+
+
 @dataclass(frozen=True)
 class Population:
     """One Monte Carlo run over populations of models (see :func:`simulate_population`)."""
@@ -225,31 +265,38 @@ def simulate_population(
     seed: int = 0,
     params_range: tuple[float, float] = (1e9, 5e11),
     train_tokens_range: tuple[float, float] = (1e12, 3e13),
-    rank_noise: float = 1.0,
+    size_usage_correlation: float = 0.5,
 ) -> Population:
     """Seeded Monte Carlo: the inference-to-training compute ratio of a population of models.
 
     Each draw makes ``n_models`` models with active parameters and training tokens drawn
     log-uniformly from the given ranges. Their users ask for ``served_tokens`` tokens in all, shared
     by a Zipf law: the model ranked r gets a share ∝ r^(−concentration) (0: every model used alike;
-    larger: usage piles onto the top models). Models are ranked by size with log-normal noise of
-    standard deviation ``rank_noise`` (in log units): bigger models tend to be used more, not always.
+    larger: usage piles onto the top models). Models are ranked by a score whose correlation with
+    their standardised log size is ``size_usage_correlation`` (0: usage unrelated to size; 1: the
+    biggest model is always the most used).
     """
     n_models = _checks.count("n_models", n_models)
     draws = _checks.count("draws", draws)
     concentration = _checks.non_negative("concentration", concentration)
     served_tokens = _checks.positive("served_tokens", served_tokens)
-    rank_noise = _checks.non_negative("rank_noise", rank_noise)
-    lo_n, hi_n = (_checks.positive("params_range", v) for v in params_range)
-    lo_d, hi_d = (_checks.positive("train_tokens_range", v) for v in train_tokens_range)
+    rho = _checks.non_negative("size_usage_correlation", size_usage_correlation)
+    if rho > 1:
+        raise ValueError(f"size_usage_correlation must be in [0, 1], got {size_usage_correlation!r}")
+    seed = _checks.count("seed", seed, minimum=0)
+    lo_n, hi_n = _range("params_range", params_range)
+    lo_d, hi_d = _range("train_tokens_range", train_tokens_range)
     if lo_n > hi_n or lo_d > hi_d:
         raise ValueError("params_range and train_tokens_range must be (low, high) with low <= high")
 
     rng = np.random.default_rng(seed)
     shape = (draws, n_models)
-    params = np.exp(rng.uniform(np.log(lo_n), np.log(hi_n), shape))
+    log_n = rng.uniform(np.log(lo_n), np.log(hi_n), shape)
+    params = np.exp(log_n)
     tokens = np.exp(rng.uniform(np.log(lo_d), np.log(hi_d), shape))
-    score = np.log(params) + rank_noise * rng.standard_normal(shape)
+    spread = (np.log(hi_n) - np.log(lo_n)) / np.sqrt(12)  # std of a uniform on the log range
+    size_z = (log_n - (np.log(lo_n) + np.log(hi_n)) / 2) / spread if spread > 0 else np.zeros(shape)
+    score = rho * size_z + np.sqrt(1 - rho**2) * rng.standard_normal(shape)
     rank = np.argsort(np.argsort(-score, axis=1), axis=1) + 1  # 1 = most used
     weight = rank.astype(float) ** -concentration
     usage = served_tokens * weight / weight.sum(axis=1, keepdims=True)

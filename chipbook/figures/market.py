@@ -1,0 +1,214 @@
+"""Figures of the chapter "Market size: train once, serve forever"."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+
+from chipbook import fmt, market
+from chipbook.style import PALETTE, SERVE, TRAIN, styled
+
+
+def _si(value: float, _pos: object = None) -> str:
+    """1.5e12 -> '1.5T': the short scale of ML papers (k, M, B, T) used on the book's log axes."""
+    for factor, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{float(f'{value / factor:.3g}'):g}{suffix}"
+    return f"{float(f'{value:.3g}'):g}"
+
+
+SI = FuncFormatter(_si)
+
+
+@styled
+def plot_breakeven(models: pd.DataFrame) -> Figure:
+    """Tokens each model must serve before its inference FLOP equal its training FLOP.
+
+    ``models`` has the columns of data/models.csv. Bars: 3·D, the count without attention; dots:
+    the same with attention counted in training (causal sequences of the model's training context)
+    and in serving (every token attending to a full training context). Models whose layer shapes
+    are not published get no dot.
+    """
+    rows = models.sort_values("train_tokens")
+    fig, ax = plt.subplots(figsize=(6.4, 0.42 * len(rows) + 1.9))
+    y = np.arange(len(rows))
+    plain = [market.breakeven_tokens(d) for d in rows["train_tokens"]]
+    ax.barh(y, plain, color=SERVE, alpha=0.8, label="3·D, no attention term")
+    with_attention = []
+    for _, m in rows.iterrows():
+        train = market.training_attention(m)
+        serve = None if train is None else market.serving_attention(m, m.context)
+        with_attention.append(np.nan if train is None else market.breakeven_tokens(
+            m.train_tokens, m.active_params, train_attention=train, serve_attention=serve))
+    ax.scatter(with_attention, y, color=PALETTE["black"], zorder=3,
+               label="with attention, serving at full training context")
+    ax.set_yticks(y, rows["model"])
+    ax.set_xscale("log")
+    ax.minorticks_off()
+    ax.xaxis.set_major_formatter(SI)
+    ax.set_xlabel("tokens served to equal the training FLOP")
+    ax.legend(loc="lower center", bbox_to_anchor=(0.4, 1.0), ncols=1, frameon=False)
+    return fig
+
+
+@styled
+def plot_crossover(
+    params: float,
+    train_tokens: float,
+    tokens_per_day: float,
+    serve_utilisation: float,
+    *,
+    train_utilisation: float,
+    peak_flop_s: float,
+    name: str = "",
+    days: float = 3 * 365,
+) -> Figure:
+    """Cumulative accelerator-hours of training (paid before launch) and of serving
+    ``tokens_per_day`` tokens a day, on chips of peak ``peak_flop_s``; the crossing is marked.
+
+    The dotted line is serving at the training utilisation: the FLOP-for-FLOP comparison.
+    """
+    t = np.geomspace(1, days, 200)
+    train = market.gpu_hours(market.training_flops(params, train_tokens), peak_flop_s, train_utilisation)
+    per_day = market.gpu_hours(market.inference_flops(params, tokens_per_day), peak_flop_s, serve_utilisation)
+    flop_per_day = per_day * serve_utilisation / train_utilisation
+    cross = market.crossover_days(params, train_tokens, tokens_per_day,
+                                  train_utilisation=train_utilisation, serve_utilisation=serve_utilisation)
+
+    fig, ax = plt.subplots()
+    ax.axhline(train, color=TRAIN, label=f"training: {_si(train)} H100-hours")
+    ax.plot(t, per_day * t, color=SERVE, label=f"serving at {serve_utilisation:.0%} utilisation")
+    ax.plot(t, flop_per_day * t, color=SERVE, ls=":",
+            label=f"serving at {train_utilisation:.0%} (FLOP parity)")
+    if cross <= days:
+        ax.axvline(cross, color=PALETTE["black"], ls="--", lw=1.2)
+        ax.annotate(f"crosses after\n{fmt.num(cross, 3)} days", (cross, train), xytext=(6, -40),
+                    textcoords="offset points", fontsize=11)
+    else:
+        ax.text(0.97, 0.05, f"crosses after {fmt.num(cross / 365, 2)} years", transform=ax.transAxes,
+                ha="right", fontsize=11)
+    ax.set(xscale="log", yscale="log", xlim=(1, days), ylim=(1e2, 1e10),
+           xlabel="days of serving", ylabel="cumulative H100-hours",
+           title=f"{name}: {_si(tokens_per_day)} tokens a day".strip(": "))
+    ax.minorticks_off()
+    ax.yaxis.set_major_formatter(SI)
+    ax.legend(loc="upper left", fontsize=9)
+    return fig
+
+
+@styled
+def plot_population(
+    n_models: int,
+    concentration: float,
+    *,
+    served_tokens: float,
+    params_range: tuple[float, float],
+    train_tokens_range: tuple[float, float],
+    size_usage_correlation: float,
+    draws: int = 100,
+    seed: int = 0,
+) -> Figure:
+    """Left: each model of one simulated year, training FLOP against inference FLOP. Right: the
+    population's inference-to-training ratio over ``draws`` simulated years."""
+    pop = market.simulate_population(n_models, concentration, served_tokens=served_tokens, draws=draws,
+                                     seed=seed, params_range=params_range,
+                                     train_tokens_range=train_tokens_range,
+                                     size_usage_correlation=size_usage_correlation)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(7.2, 3.8))
+    left.plot(pop.train_flop, pop.serve_flop, ls="none", marker=".", ms=3 if n_models > 300 else 5,
+              color=SERVE, alpha=0.5)
+    lim = (1e20, 1e30)
+    left.plot(lim, lim, color=TRAIN, lw=1.2)
+    left.text(2e20, 4e20 * 8, "inference = training", color=TRAIN, fontsize=9, rotation=37)
+    left.set(xscale="log", yscale="log", xlim=lim, ylim=(1e15, 1e30), xlabel="training FLOP",
+             ylabel="inference FLOP in the year",
+             title=f"{pop.breakeven_share.mean():.0%} of models break even")
+    bins = np.geomspace(1e-2, 1e4, 61)
+    counts, _ = np.histogram(np.clip(pop.ratio, bins[0], bins[-1]), bins=bins)
+    right.stairs(counts, bins, fill=True, color=SERVE, alpha=0.8)
+    for level in (1, 10):
+        right.axvline(level, color=TRAIN, lw=1.2, ls="--")
+    median = float(np.median(pop.ratio))
+    right.set(xscale="log", xlim=(bins[0], bins[-1]), xlabel="inference / training, all models",
+              ylabel="simulated years", title=f"median ratio {median:.3g}")
+    right.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    for ax in (left, right):
+        ax.minorticks_off()
+    fig.suptitle(f"{n_models} models a year, usage concentration {concentration:g}", fontsize=12)
+    return fig
+
+
+@styled
+def plot_population_grid(n_models: Sequence[int], concentrations: Sequence[float],
+                         median_ratio: np.ndarray) -> Figure:
+    """Median inference-to-training ratio over a grid of model counts × concentrations, with the
+    contours where it equals 1 and 10."""
+    fig, ax = plt.subplots()
+    ratio = np.asarray(median_ratio).T
+    norm = LogNorm(10 ** np.floor(np.log10(ratio.min())), 10 ** np.ceil(np.log10(ratio.max())))
+    mesh = ax.pcolormesh(n_models, concentrations, ratio, shading="nearest", cmap="cividis", norm=norm)
+    contours = ax.contour(n_models, concentrations, ratio, levels=[1, 10], colors=[PALETTE["black"]] * 2,
+                          linestyles=["--", "-"])
+    ax.clabel(contours, fmt={1: "1×", 10: "10×"}, fontsize=11)
+    ax.set(xscale="log", xlabel="models trained a year", ylabel="usage concentration (Zipf exponent)")
+    ax.minorticks_off()
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    bar = fig.colorbar(mesh, ax=ax)
+    bar.set_label("median inference / training")
+    bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    return fig
+
+
+@styled
+def plot_tornado(table: pd.DataFrame, labels: dict[str, str], target: float = 10.0) -> Figure:
+    """Tornado chart of a :func:`chipbook.market.sensitivity` table: for each input, the output at
+    its low and high value; the vertical line is the base case, the dashed one ``target``."""
+    rows = table.iloc[::-1]
+    centre = table.attrs["centre"]
+    fig, ax = plt.subplots(figsize=(6.4, 0.55 * len(rows) + 1.4))
+    y = np.arange(len(rows))
+    for i, (_, r) in enumerate(rows.iterrows()):
+        for value, colour in ((r.at_low, PALETTE["sky"]), (r.at_high, PALETTE["blue"])):
+            ax.barh(i, value - centre, left=centre, color=colour, height=0.6)
+    ax.barh([], [], color=PALETTE["sky"], label="input at its low value")
+    ax.barh([], [], color=PALETTE["blue"], label="input at its high value")
+    ax.axvline(centre, color=PALETTE["black"], lw=1.2)
+    ax.axvline(target, color=TRAIN, ls="--", lw=1.2, label=f"{target:g}× training")
+    ax.set_yticks(y, [labels.get(n, n) for n in rows["input"]])
+    ax.set(xscale="log", xlabel="lifetime inference spend / training spend")
+    ax.minorticks_off()
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.legend(loc="lower right", fontsize=9)
+    return fig
+
+
+@styled
+def plot_reality(shares: pd.DataFrame, bands: dict[str, tuple[float, float]]) -> Figure:
+    """Published inference shares (rows of data/inference_share.csv: measurements as dots, forecasts
+    as diamonds) beside ranges from the chapter's models (``bands``: label -> (low, high) share)."""
+    rows = shares.sort_values("inference_share")
+    forecast = rows["claim"].str.contains("forecast", case=False).to_numpy()
+    names = [f"{c.split(':')[0].replace(' forecast', '')}, {s} {int(y)}"
+             for c, s, y in zip(rows["claim"], rows["scope"], rows["year"], strict=True)]
+    labels = [*bands, *names]
+    fig, ax = plt.subplots(figsize=(6.4, 0.42 * len(labels) + 1.3))
+    for i, (low, high) in enumerate(bands.values()):
+        ax.plot([low, high], [i, i], color=SERVE, lw=9, solid_capstyle="butt", alpha=0.75)
+    y = np.arange(len(bands), len(labels))
+    ax.scatter(rows["inference_share"][~forecast], y[~forecast], color=TRAIN, s=55, zorder=3,
+               label="published measurement")
+    ax.scatter(rows["inference_share"][forecast], y[forecast], color=PALETTE["orange"], marker="D", s=50,
+               zorder=3, label="published forecast")
+    ax.plot([], [], color=SERVE, lw=9, alpha=0.75, label="this chapter's models")
+    ax.axvline(10 / 11, color=PALETTE["black"], ls="--", lw=1.2, label="inference = 10 × training")
+    ax.set_yticks(np.arange(len(labels)), labels, fontsize=10)
+    ax.set(xlim=(0, 1), ylim=(-0.6, len(labels) - 0.4), xlabel="inference share of the total")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0%}"))
+    ax.legend(loc="lower center", bbox_to_anchor=(0.4, 1.0), ncols=2, fontsize=9, frameon=False)
+    return fig
