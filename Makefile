@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
+LAB_STAMP := $(VENV)/.installed-lab
+NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb)) $(wildcard book/*.ipynb)
 LINTED := chipbook tests scripts notebooks book
 JB_FLAGS := --all -W -n --keep-going
 
@@ -48,7 +49,11 @@ html-build: book
 browser: $(STAMP)
 	$(BIN)/python -m pytest -m browser tests
 
-lab: $(STAMP)
+$(LAB_STAMP): $(STAMP) requirements-lab.txt
+	$(BIN)/python -m pip install --quiet -r requirements-lab.txt
+	touch $@
+
+lab: $(LAB_STAMP)
 	$(BIN)/jupyter lab notebooks
 
 notebooks: $(STAMP)

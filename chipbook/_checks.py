@@ -50,6 +50,11 @@ def _out(arr: np.ndarray) -> float | np.ndarray:
     return float(arr) if arr.ndim == 0 else arr
 
 
+def finite(name: str, value: Any) -> float | np.ndarray:
+    """``value`` as float(s), required finite."""
+    return _out(_as_float(name, value))
+
+
 def positive(name: str, value: Any) -> float | np.ndarray:
     """``value`` as float(s), required finite and > 0."""
     arr = _as_float(name, value)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ipywidgets as widgets
+import matplotlib as mpl
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from PIL import Image
@@ -57,7 +58,7 @@ class Param:
     def control(self) -> widgets.Widget:
         """The control: a slider over the labelled values, or toggle buttons."""
         common = {"options": list(self.labels), "index": 0, "description": self.label,
-                  "style": {"description_width": "initial"}}
+                  "tooltip": self.label, "style": {"description_width": "initial"}}
         if self.buttons:
             return widgets.ToggleButtons(**common)
         return widgets.SelectionSlider(continuous_update=True, layout=widgets.Layout(width="95%"), **common)
@@ -69,11 +70,34 @@ def figure_png(fig: Figure, *, dpi: int = 80, colors: int = 96) -> bytes:
     _checks.count("dpi", dpi, minimum=20)
     _checks.count("colors", colors, minimum=2)
     raw = io.BytesIO()
-    fig.savefig(raw, format="png", dpi=dpi, metadata={"Software": None})
-    image = Image.open(raw).convert("RGB").quantize(colors=colors, method=Image.Quantize.MEDIANCUT)
+    fig.savefig(raw, format="rgba", dpi=dpi)  # raw pixels: no PNG encoded only to be decoded again
+    size = (round(fig.get_figwidth() * dpi), round(fig.get_figheight() * dpi))
+    image = Image.frombuffer("RGBA", size, raw.getvalue(), "raw", "RGBA", 0, 1).convert("RGB")
+    image = image.quantize(colors=colors, method=Image.Quantize.MEDIANCUT)
     out = io.BytesIO()
     image.save(out, format="png", optimize=True)
     return out.getvalue()
+
+
+def _share_layout(fig: Figure, layout: list | None, dpi: int) -> list | None:
+    """Give ``fig`` the layout of the explorable's first frame.
+
+    The first frame is laid out by its own layout engine; every later frame of the same shape gets
+    the same positions for its axes and title and no layout engine. The frames then line up
+    exactly as the reader moves a control, and the engine, which costs more than the rest of the
+    drawing, runs once per explorable instead of once per frame.
+    """
+    if layout is None or len(layout) != len(fig.axes) + 1:
+        fig.canvas.draw()  # lays the frame out (the first one, or one of a different shape)
+        title = fig._suptitle.get_position() if fig._suptitle is not None else None
+        return [*(ax.get_position() for ax in fig.axes), title]
+    with mpl.rc_context({"figure.autolayout": False, "figure.constrained_layout.use": False}):
+        fig.set_layout_engine(None)  # no engine: positions stay as set below
+    for ax, position in zip(fig.axes, layout, strict=False):
+        ax.set_position(position)
+    if layout[-1] is not None and fig._suptitle is not None:
+        fig._suptitle.set_position(layout[-1])
+    return layout
 
 
 class Explorable(widgets.VBox):
@@ -122,8 +146,10 @@ def explorable(
         raise ValueError(f"the grid has {n_frames} frames; at most {MAX_FRAMES} are allowed")
 
     pngs = {}
+    layout = None
     for index in itertools.product(*(range(len(p.values)) for p in params)):
         fig = plot(**fixed, **{p.name: p.values[i] for p, i in zip(params, index, strict=True)})
+        layout = _share_layout(fig, layout, dpi)
         pngs[index] = figure_png(fig, dpi=dpi)
         plt.close(fig)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
+
 from chipbook import _checks
 
 _SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
@@ -13,7 +15,7 @@ _SCALES = ((1e15, "quadrillion"), (1e12, "trillion"), (1e9, "billion"), (1e6, "m
 
 def sci(value: float, digits: int = 3) -> str:
     """``value`` in scientific notation with ``digits`` significant digits: 3.15 × 10²³."""
-    value = float(_checks._as_float("value", value))
+    value = float(_checks.finite("value", value))
     _checks.count("digits", digits)
     if value == 0:
         return "0"
@@ -28,7 +30,7 @@ def sci(value: float, digits: int = 3) -> str:
 
 def words(value: float, digits: int = 2) -> str:
     """``value`` on the short scale in words, with ``digits`` significant digits: 47 trillion."""
-    value = float(_checks._as_float("value", value))
+    value = float(_checks.finite("value", value))
     _checks.count("digits", digits)
     value = float(f"{value:.{digits}g}")  # round first, so 999.6e9 reads 1.0 trillion
     for factor, name in _SCALES:
@@ -39,14 +41,14 @@ def words(value: float, digits: int = 2) -> str:
 
 def num(value: float, digits: int = 2) -> str:
     """``value`` with ``digits`` significant digits and thousands separators: 1,670 or 0.053."""
-    value = float(_checks._as_float("value", value))
+    value = float(_checks.finite("value", value))
     _checks.count("digits", digits)
     return _significant(value, digits)
 
 
 def pct(value: float, digits: int = 2) -> str:
     """A fraction as a percentage with ``digits`` significant digits: 0.4132 -> 41%."""
-    value = float(_checks._as_float("value", value))
+    value = float(_checks.finite("value", value))
     _checks.count("digits", digits)
     return f"{_significant(100 * value, digits)}%"
 
@@ -58,3 +60,18 @@ def _significant(value: float, digits: int) -> str:
     rounded = round(value, decimals)
     decimals = max(0, digits - 1 - math.floor(math.log10(abs(rounded))))  # 9.99 -> 10
     return f"{rounded:,.{decimals}f}"
+
+
+def frame(table: pd.DataFrame, digits: int = 3, missing: str = "–") -> pd.DataFrame:
+    """``table`` for display: every number to ``digits`` significant digits (scientific notation
+    where that is shorter, as in ``f"{x:.3g}"``), missing values as ``missing``, text unchanged."""
+    _checks.count("digits", digits)
+
+    def cell(value):
+        if isinstance(value, str):
+            return value
+        if value is None or pd.isna(value):
+            return missing
+        return f"{value:.{digits}g}"
+
+    return table.map(cell)

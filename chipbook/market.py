@@ -297,7 +297,9 @@ def simulate_population(
     spread = (np.log(hi_n) - np.log(lo_n)) / np.sqrt(12)  # std of a uniform on the log range
     size_z = (log_n - (np.log(lo_n) + np.log(hi_n)) / 2) / spread if spread > 0 else np.zeros(shape)
     score = rho * size_z + np.sqrt(1 - rho**2) * rng.standard_normal(shape)
-    rank = np.argsort(np.argsort(-score, axis=1), axis=1) + 1  # 1 = most used
+    order = np.argsort(-score, axis=1)  # order[d, r] = the model ranked r + 1 in draw d
+    rank = np.empty(shape, dtype=np.int64)
+    np.put_along_axis(rank, order, np.arange(1, n_models + 1)[None, :], axis=1)  # 1 = most used
     weight = rank.astype(float) ** -concentration
     usage = served_tokens * weight / weight.sum(axis=1, keepdims=True)
 

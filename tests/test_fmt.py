@@ -70,3 +70,12 @@ def test_bad_values_name_the_parameter(func, bad):
 def test_bad_digits(func):
     with pytest.raises(ValueError, match="digits"):
         func(1.0, 0)
+
+
+def test_frame_formats_numbers_and_keeps_text():
+    import pandas as pd
+
+    table = pd.DataFrame({"name": ["a", "b"], "x": [3.14159e23, float("nan")], "n": [1234, 5]})
+    shown = fmt.frame(table, digits=3)
+    assert shown.to_dict("list") == {"name": ["a", "b"], "x": ["3.14e+23", "–"], "n": ["1.23e+03", "5"]}
+    assert fmt.frame(table, missing="n/a").loc[1, "x"] == "n/a"

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator
 
 from chipbook import fmt, market
 from chipbook.style import PALETTE, SERVE, TRAIN, styled
@@ -24,6 +24,9 @@ def _si(value: float, _pos: object = None) -> str:
 
 
 SI = FuncFormatter(_si)
+#: 10ⁿ in plain text: the same look as matplotlib's log labels without its (slow) mathtext parser.
+POW10 = FuncFormatter(lambda v, _: fmt.sci(v, 1).replace("1 × ", "") if v > 0 else "0")
+PLAIN = FuncFormatter(lambda v, _: f"{v:g}")
 
 
 @styled
@@ -97,6 +100,8 @@ def plot_crossover(
            xlabel="days of serving", ylabel="cumulative H100-hours",
            title=f"{name}: {_si(tokens_per_day)} tokens a day".strip(": "))
     ax.minorticks_off()
+    ax.xaxis.set_major_formatter(PLAIN)
+    ax.yaxis.set_major_locator(LogLocator(numticks=6))
     ax.yaxis.set_major_formatter(SI)
     ax.legend(loc="upper left", fontsize=9)
     return fig
@@ -125,7 +130,8 @@ def plot_population(
               color=SERVE, alpha=0.5)
     lim = (1e20, 1e30)
     left.plot(lim, lim, color=TRAIN, lw=1.2)
-    left.text(2e20, 4e20 * 8, "inference = training", color=TRAIN, fontsize=9, rotation=37)
+    left.text(1.5e20, 3e27, "inference\n> training", color=TRAIN, fontsize=9)
+    left.text(6e29, 1e17, "training\n> inference", color=TRAIN, fontsize=9, ha="right")
     left.set(xscale="log", yscale="log", xlim=lim, ylim=(1e15, 1e30), xlabel="training FLOP",
              ylabel="inference FLOP in the year",
              title=f"{pop.breakeven_share.mean():.0%} of models break even")
@@ -137,9 +143,12 @@ def plot_population(
     median = float(np.median(pop.ratio))
     right.set(xscale="log", xlim=(bins[0], bins[-1]), xlabel="inference / training, all models",
               ylabel="simulated years", title=f"median ratio {median:.3g}")
-    right.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    right.xaxis.set_major_formatter(PLAIN)
     for ax in (left, right):
         ax.minorticks_off()
+    for axis in (left.xaxis, left.yaxis):
+        axis.set_major_locator(LogLocator(numticks=6))
+        axis.set_major_formatter(POW10)
     fig.suptitle(f"{n_models} models a year, usage concentration {concentration:g}", fontsize=12)
     return fig
 
@@ -158,10 +167,10 @@ def plot_population_grid(n_models: Sequence[int], concentrations: Sequence[float
     ax.clabel(contours, fmt={1: "1×", 10: "10×"}, fontsize=11)
     ax.set(xscale="log", xlabel="models trained a year", ylabel="usage concentration (Zipf exponent)")
     ax.minorticks_off()
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_major_formatter(PLAIN)
     bar = fig.colorbar(mesh, ax=ax)
     bar.set_label("median inference / training")
-    bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    bar.ax.yaxis.set_major_formatter(PLAIN)
     return fig
 
 
@@ -183,7 +192,7 @@ def plot_tornado(table: pd.DataFrame, labels: dict[str, str], target: float = 10
     ax.set_yticks(y, [labels.get(n, n) for n in rows["input"]])
     ax.set(xscale="log", xlabel="lifetime inference spend / training spend")
     ax.minorticks_off()
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_major_formatter(PLAIN)
     ax.legend(loc="lower right", fontsize=9)
     return fig
 

@@ -1,0 +1,225 @@
+"""The built HTML book, driven in headless Chromium: every page loads cleanly and stays on its own
+host, math is typeset, every explorable's controls change its frame, the widget JavaScript loads only
+where it is needed, and notebook pages offer their notebook for download.
+
+Run `make book` first; `make browser` runs these tests. The pages and explorables are discovered in
+_build/html, so the tests grow with the book.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urljoin, urlparse
+
+import pytest
+from playwright.sync_api import Browser, ConsoleMessage, Locator, Page, expect, sync_playwright
+
+from tests.browser_support import (
+    CHROMIUM_HELP,
+    NOTEBOOK_FOLDERS,
+    Control,
+    Frame,
+    controls,
+    explorable_views,
+    explorables,
+    find_chromium,
+    has_math,
+    has_widgets,
+    html_pages,
+    install_frame_helpers,
+    launch,
+    open_page,
+    reveal,
+    serve,
+    wait_for_frame,
+)
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[1]
+SITE = REPO / "_build" / "html"
+SOURCES = SITE / "_sources"
+
+HTML = {page: (SITE / page).read_text(encoding="utf-8") for page in html_pages(SITE)}
+MATH_PAGES = [page for page, html in HTML.items() if has_math(html)]
+EXPLORABLE_PAGES = [page for page, html in HTML.items() if explorable_views(html)]
+PLAIN_PAGES = [page for page, html in HTML.items() if not has_widgets(html)]
+LOCAL_SCHEMES = {"data", "blob"}
+
+
+def _notebook_sources() -> list[str]:
+    """The notebooks the book's pages are built from, as paths in the repository: those copied to
+    _sources, and those of the repository's notebooks that have a page (in case their copy is missing)."""
+    copied = {path.relative_to(SOURCES).as_posix() for path in SOURCES.rglob("*.ipynb")}
+    ours = (path.relative_to(REPO) for folder in NOTEBOOK_FOLDERS for path in (REPO / folder).glob("*.ipynb"))
+    paged = {path.as_posix() for path in ours if (SITE / path.with_suffix(".html")).is_file()}
+    return sorted(copied | paged)
+
+
+NOTEBOOK_SOURCES = _notebook_sources()
+
+
+# --- fixtures -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def base_url() -> Iterator[str]:
+    """The built book, served on 127.0.0.1 for the whole session."""
+    if not (SITE / "index.html").is_file():
+        pytest.fail(f"{SITE / 'index.html'} is missing: run `make book` first", pytrace=False)
+    with serve(SITE) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[Browser]:
+    """One headless Chromium for the session; skipped where there is none, except on CI."""
+    executable = find_chromium()
+    if executable is None:
+        reason = f"{CHROMIUM_HELP} (CHROMIUM={os.environ.get('CHROMIUM', '')!r})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    with sync_playwright() as playwright:
+        browser = launch(playwright, executable)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(chromium: Browser) -> Iterator[Page]:
+    """A page in a fresh browser context (no cache or storage shared between tests)."""
+    context = chromium.new_context()
+    yield context.new_page()
+    context.close()
+
+
+@dataclass
+class PageLog:
+    """What a page did while loading: every request's URL, uncaught errors and console errors."""
+
+    urls: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    console_errors: list[str] = field(default_factory=list)
+
+    @classmethod
+    def watch(cls, page: Page) -> PageLog:
+        log = cls()
+        page.on("request", lambda request: log.urls.append(request.url))
+        page.on("websocket", lambda socket: log.urls.append(socket.url))
+        page.on("pageerror", lambda error: log.errors.append(str(error)))
+        page.on("console", log._console)
+        return log
+
+    def _console(self, message: ConsoleMessage) -> None:
+        if message.type == "error":
+            self.console_errors.append(f"{message.text} ({message.location.get('url', '?')})")
+
+    def foreign_urls(self) -> list[str]:
+        """The requested URLs that are neither on 127.0.0.1 nor data:/blob: URLs."""
+        return [url for url in self.urls
+                if urlparse(url).scheme not in LOCAL_SCHEMES and urlparse(url).hostname != "127.0.0.1"]
+
+
+# --- every page -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", list(HTML))
+def test_page_loads_without_errors_or_foreign_requests(base_url: str, page: Page, path: str) -> None:
+    """The page raises no JavaScript error, logs no console error and asks no other host for anything."""
+    log = PageLog.watch(page)
+    open_page(page, base_url + path, idle=True)
+    assert not log.foreign_urls(), f"{path} requested other hosts: {log.foreign_urls()}"
+    assert not log.errors, f"uncaught JavaScript errors on {path}: {log.errors}"
+    assert not log.console_errors, f"console errors on {path}: {log.console_errors}"
+
+
+@pytest.mark.parametrize("path", MATH_PAGES)
+def test_math_is_typeset(base_url: str, page: Page, path: str) -> None:
+    """MathJax typesets every math element of the page, without errors."""
+    open_page(page, base_url + path)
+    untypeset = page.evaluate(
+        "() => [...document.querySelectorAll('.math')].filter((e) => !e.querySelector('mjx-container'))"
+        ".map((e) => e.textContent.slice(0, 80))")
+    assert page.locator("mjx-container").count() > 0, f"MathJax typeset nothing on {path}"
+    assert page.locator("mjx-merror").count() == 0, f"MathJax reports errors in the math of {path}"
+    assert not untypeset, f"math left untypeset on {path}: {untypeset}"
+
+
+@pytest.mark.parametrize("path", PLAIN_PAGES)
+def test_pages_without_widgets_load_no_widget_javascript(path: str) -> None:
+    """The widget JavaScript (require.js, setup.js, embed-amd: several MB) loads only where widgets are."""
+    sources = re.findall(r'<script[^>]*\bsrc="([^"]+)"', HTML[path])
+    widget_js = [src for src in sources if "ipywidgets/" in src or "embed-amd" in src]
+    assert not widget_js, f"{path} holds no widgets but loads {widget_js}"
+
+
+# --- explorables ----------------------------------------------------------------------------------
+
+
+def test_the_book_has_explorables(base_url: str) -> None:
+    """The tests below check something: the book displays at least one explorable."""
+    assert sum(explorable_views(html) for html in HTML.values()) > 0, "no page of the book has an explorable"
+
+
+def _describe(shown: Frame) -> str:
+    """What is wrong with a frame that has no hash."""
+    return "no decodable image" if shown.images == 1 else f"{shown.images} visible images"
+
+
+def _check_sweep(explorable: Locator, control: Control, first: Frame, where: str) -> None:
+    """Move ``control`` through its values, each step showing a new frame, then back to the first."""
+    previous = first
+    for index in range(1, control.size):
+        control.select(index)
+        assert control.position() == index, f"{where}: the control did not move to value {index}"
+        shown = wait_for_frame(explorable, unlike=previous.hash)
+        assert shown.hash, f"{where}: value {index} shows {_describe(shown)}"
+        assert shown.hash != previous.hash, f"{where}: values {index - 1} and {index} show the same frame"
+        previous = shown
+    control.select(0)
+    back = wait_for_frame(explorable, like=first.hash)
+    assert back.hash == first.hash, f"{where}: moving back to value 0 did not bring back its frame"
+
+
+@pytest.mark.parametrize("path", EXPLORABLE_PAGES)
+def test_every_control_changes_the_frame(base_url: str, page: Page, path: str) -> None:
+    """Each control, moved through its values while the others stay at their first, shows a new frame
+    at every step and the first frame again when moved back."""
+    open_page(page, base_url + path)
+    install_frame_helpers(page)
+    drawn = explorables(page)
+    assert len(drawn) == explorable_views(HTML[path]), f"{path}: not every explorable was drawn"
+    for number, explorable in enumerate(drawn, 1):
+        reveal(explorable)
+        found = controls(explorable)
+        assert found, f"{path}, explorable {number} has no slider or toggle buttons"
+        first = wait_for_frame(explorable)
+        assert first.hash, f"{path}, explorable {number} shows {_describe(first)} at first"
+        for which, control in enumerate(found, 1):
+            _check_sweep(explorable, control, first, f"{path}, explorable {number}, control {which}")
+
+
+# --- notebook downloads ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("source", NOTEBOOK_SOURCES)
+def test_notebook_pages_offer_their_notebook(base_url: str, page: Page, source: str) -> None:
+    """The page's download menu (sphinx-book-theme's button) links to its notebook, which downloads
+    as an nbformat 4 notebook with the cells of the repository's copy."""
+    open_page(page, base_url + source.removesuffix(".ipynb") + ".html")
+    page.locator(".dropdown-download-buttons > button").click()
+    link = page.locator('.dropdown-download-buttons a[href$=".ipynb"]')
+    expect(link).to_be_visible()
+    response = page.request.get(urljoin(page.url, link.get_attribute("href") or ""))
+    assert response.ok, f"downloading {source} gave HTTP {response.status}"
+    downloaded = json.loads(response.text())
+    committed = json.loads((REPO / source).read_text(encoding="utf-8"))
+    assert downloaded["nbformat"] == 4, f"the download of {source} is not an nbformat 4 notebook"
+    assert len(downloaded["cells"]) == len(committed["cells"]), (
+        f"the download of {source} has another cell count than the repository's notebook")
