@@ -1,7 +1,7 @@
 """chipbook.explore: explorables that work with no kernel.
 
-The frames must be the figures of their grid points, nested in Stacks one level per parameter, and
-each control jslinked to every Stack of its level (and no other), since in the published page the
+The frames must be the figures of their grid points, nested in Tabs one level per parameter, and
+each control jslinked to every Tab of its level (and no other), since in the published page the
 link is all that turns a slider into a new frame.
 """
 
@@ -75,8 +75,8 @@ PARAMS = [
 
 
 def _parts(ex):
-    """(controls, frames, what follows the frames): the frames are the explorable's one Stack."""
-    stacks = [i for i, child in enumerate(ex.children) if isinstance(child, widgets.Stack)]
+    """(controls, frames, what follows the frames): the frames are the explorable's one Tab."""
+    stacks = [i for i, child in enumerate(ex.children) if isinstance(child, widgets.Tab)]
     assert len(stacks) == 1
     i = stacks[0]
     return list(ex.children[:i]), ex.children[i], list(ex.children[i + 1:])
@@ -84,7 +84,7 @@ def _parts(ex):
 
 def _stacks_by_level(root):
     levels, current = [], [root]
-    while current and isinstance(current[0], widgets.Stack):
+    while current and isinstance(current[0], widgets.Tab):
         levels.append(current)
         current = [child for node in current for child in node.children]
     return levels, current
@@ -97,7 +97,7 @@ def test_grid_nesting_links_and_frames(n_params, links, constructed):
     controls, frames, _ = _parts(ex)
     assert len(controls) == n_params
 
-    # one Stack level per parameter, each node with one child per value of its parameter
+    # one Tab level per parameter, each node with one child per value of its parameter
     levels, leaves = _stacks_by_level(frames)
     assert len(levels) == n_params
     expected_nodes = 1
@@ -107,7 +107,7 @@ def test_grid_nesting_links_and_frames(n_params, links, constructed):
         expected_nodes *= len(param.values)
     assert len(leaves) == expected_nodes and all(isinstance(leaf, widgets.Image) for leaf in leaves)
 
-    # each control is linked, index to selected_index, to every Stack at its level and to nothing else
+    # each control is linked, index to selected_index, to every Tab at its level and to nothing else
     assert all(isinstance(link, Link) for link in links)
     made_links = [w for w in constructed if isinstance(w, Link)]
     assert {id(x) for x in made_links} == {id(x) for x in links}
@@ -156,7 +156,9 @@ def test_alt_text_follows_the_frames():
     ex = explore.explorable(plot_toy, PARAMS[:1], dpi=DPI, alt="A line whose slope <b>changes</b> & more")
     _, _, after = _parts(ex)
     assert len(after) == 1 and isinstance(after[0], widgets.HTML)
-    assert after[0].value == "A line whose slope &lt;b&gt;changes&lt;/b&gt; &amp; more"  # shown as text
+    style, _, text = after[0].value.partition("</style>")
+    assert style.startswith("<style>") and ".widget-tab-bar { display: none" in style
+    assert text == "A line whose slope &lt;b&gt;changes&lt;/b&gt; &amp; more"  # shown as text
     assert "chipbook-alt" in after[0]._dom_classes
 
 
