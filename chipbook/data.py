@@ -161,8 +161,10 @@ def names() -> list[str]:
 
 
 def markdown_table(name: str) -> str:
-    """``data/<name>.csv`` as a MyST Markdown table: units in the header, numbers to four significant
-    digits, blank cells as "–", and each source as a citation of its bibliography entry."""
+    """``data/<name>.csv`` as a MyST Markdown table in a ``chipbook-data`` block (which the book's
+    style sheet lets scroll sideways): units in the header, whole numbers below a million written
+    out, other numbers to four significant digits, blank cells as "–", and each source as a
+    citation of its bibliography entry."""
     frame = load(name)
     units = frame.attrs["units"]
 
@@ -172,11 +174,11 @@ def markdown_table(name: str) -> str:
         if unit == "bibkey":
             return f"{{cite:p}}`{value}`"
         if UNITS[unit][0] == "number":
-            return f"{value:.4g}"
+            return f"{int(value)}" if value == int(value) and abs(value) < 1e6 else f"{value:.4g}"
         return str(value).replace("|", "\\|")
 
     header = [c if units[c] in ("text", "bibkey") else f"{c} ({units[c]})" for c in frame.columns]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for _, row in frame.iterrows():
         lines.append("| " + " | ".join(cell(row[c], units[c]) for c in frame.columns) + " |")
-    return "\n".join(lines)
+    return "\n".join([":::{div} chipbook-data", *lines, ":::"])

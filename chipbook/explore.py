@@ -94,7 +94,7 @@ def figure_png(fig: Figure, *, dpi: int = 80, colors: int = 96) -> bytes:
     return out.getvalue()
 
 
-def _share_layout(fig: Figure, layout: list | None, dpi: int) -> list | None:
+def _share_layout(fig: Figure, layout: list | None) -> list:
     """Give ``fig`` the layout of the explorable's first frame.
 
     The first frame is laid out by its own layout engine; every later frame of the same shape gets
@@ -104,6 +104,7 @@ def _share_layout(fig: Figure, layout: list | None, dpi: int) -> list | None:
     """
     if layout is None or len(layout) != len(fig.axes) + 1:
         fig.canvas.draw()  # lays the frame out (the first one, or one of a different shape)
+        # The figure's title artist (matplotlib keeps it private; the layout engine moves it too).
         title = fig._suptitle.get_position() if fig._suptitle is not None else None
         return [*(ax.get_position() for ax in fig.axes), title]
     with mpl.rc_context({"figure.autolayout": False, "figure.constrained_layout.use": False}):
@@ -116,7 +117,7 @@ def _share_layout(fig: Figure, layout: list | None, dpi: int) -> list | None:
 
 
 class Explorable(widgets.VBox):
-    """The controls above the stacked frames, then the frames' description. Its text form names the
+    """The controls above the frames, then the frames' description. Its text form names the
     grid, never a widget id, so that a notebook's saved output is the same on every run."""
 
     def __init__(self, children: list[widgets.Widget], summary: str):
@@ -164,26 +165,26 @@ def explorable(
     layout = None
     for index in itertools.product(*(range(len(p.values)) for p in params)):
         fig = plot(**fixed, **{p.name: p.values[i] for p, i in zip(params, index, strict=True)})
-        layout = _share_layout(fig, layout, dpi)
+        layout = _share_layout(fig, layout)
         pngs[index] = figure_png(fig, dpi=dpi)
         plt.close(fig)
 
     controls = [p.control() for p in params]
     levels: list[list[widgets.Tab]] = [[] for _ in params]
+    image_layout = widgets.Layout(width="100%", max_width="640px")  # one model shared by every frame
 
-    def stack(prefix: tuple[int, ...]) -> widgets.Widget:
+    def nest(prefix: tuple[int, ...]) -> widgets.Widget:
         depth = len(prefix)
         if depth == len(params):
-            return widgets.Image(value=pngs[prefix], format="png",
-                                 layout=widgets.Layout(width="100%", max_width="640px"))
-        children = [stack((*prefix, i)) for i in range(len(params[depth].values))]
+            return widgets.Image(value=pngs[prefix], format="png", layout=image_layout)
+        children = [nest((*prefix, i)) for i in range(len(params[depth].values))]
         node = widgets.Tab(children, selected_index=0, titles=params[depth].labels)
         levels[depth].append(node)
         return node
 
-    frames = stack(())
-    for control, stacks in zip(controls, levels, strict=True):
-        for node in stacks:
+    frames = nest(())
+    for control, tabs in zip(controls, levels, strict=True):
+        for node in tabs:
             widgets.jslink((control, "index"), (node, "selected_index"))
 
     grid = " × ".join(f"{p.name} [{len(p.values)}]" for p in params)

@@ -25,13 +25,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import nbformat
-from nbclient import NotebookClient
 from playwright.sync_api import Browser, Page, Request, sync_playwright
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.browser_support import (  # noqa: E402 (needs the repository on sys.path)
+from scripts import execute_notebooks  # noqa: E402 (needs the repository on sys.path)
+from tests.browser_support import (  # noqa: E402
     CHROMIUM_HELP,
     NOTEBOOK_FOLDERS,
     controls,
@@ -120,12 +120,7 @@ def notebooks() -> list[Path]:
 def execute_seconds(path: Path) -> float:
     """Seconds to execute a copy of the notebook, read into memory, from a fresh kernel started in the
     notebook's folder (as `make notebooks` runs it); the copy is discarded."""
-    notebook = nbformat.read(path, as_version=4)
-    client = NotebookClient(notebook, timeout=600, kernel_name="python3", record_timing=False,
-                            store_widget_state=True, resources={"metadata": {"path": str(path.parent)}})
-    start = time.perf_counter()
-    client.execute()
-    return time.perf_counter() - start
+    return execute_notebooks.run(nbformat.read(path, as_version=4), path.parent)
 
 
 def command_seconds(command: list[str]) -> float:

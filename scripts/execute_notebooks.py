@@ -15,14 +15,20 @@ import nbformat
 from nbclient import NotebookClient
 
 
-def execute(path: Path, timeout: int = 600) -> float:
-    """Execute ``path`` in place from a fresh kernel; return the seconds it took."""
-    notebook = nbformat.read(path, as_version=4)
+def run(notebook: nbformat.NotebookNode, folder: Path, timeout: int = 600) -> float:
+    """Execute ``notebook`` in memory from a fresh kernel started in ``folder``, saving its widget
+    state in its metadata; return the seconds it took."""
     client = NotebookClient(notebook, timeout=timeout, kernel_name="python3", record_timing=False,
-                            store_widget_state=True, resources={"metadata": {"path": str(path.parent)}})
+                            store_widget_state=True, resources={"metadata": {"path": str(folder)}})
     start = time.perf_counter()
     client.execute()
-    seconds = time.perf_counter() - start
+    return time.perf_counter() - start
+
+
+def execute(path: Path) -> float:
+    """Execute the notebook at ``path`` in place from a fresh kernel; return the seconds it took."""
+    notebook = nbformat.read(path, as_version=4)
+    seconds = run(notebook, path.parent)
     nbformat.write(notebook, path)
     return seconds
 

@@ -337,7 +337,9 @@ def test_head_dim_matches_the_width_where_it_should(frames):
 
 def test_markdown_table_renders_every_row_with_citations():
     frame = data.load("models")
-    table = data.markdown_table("models").splitlines()
+    block = data.markdown_table("models").splitlines()
+    assert block[0] == ":::{div} chipbook-data" and block[-1] == ":::"
+    table = block[1:-1]
     assert len(table) == 2 + len(frame)
     assert table[0].count("|") == len(frame.columns) + 1
     assert "params (count)" in table[0] and "| source |" in table[0]
@@ -346,3 +348,5 @@ def test_markdown_table_renders_every_row_with_citations():
         assert f"{{cite:p}}`{row['source']}`" in line
     chinchilla = next(line for line in table if line.startswith("| Chinchilla"))
     assert "| – |" in chinchilla  # its context is blank in the CSV
+    gpt3 = table[2]
+    assert "| 12288 |" in gpt3 and "| 1.75e+11 |" in gpt3  # whole numbers written out below a million
