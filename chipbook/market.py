@@ -275,6 +275,9 @@ def simulate_population(
     larger: usage piles onto the top models). Models are ranked by a score whose correlation with
     their standardised log size is ``size_usage_correlation`` (0: usage unrelated to size; 1: the
     biggest model is always the most used).
+
+    The default ranges are round illustrative values; the book's chapter passes the ranges of the
+    real models in data/models.csv.
     """
     n_models = _checks.count("n_models", n_models)
     draws = _checks.count("draws", draws)
