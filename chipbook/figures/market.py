@@ -69,11 +69,12 @@ def plot_crossover(
     *,
     train_utilisation: float,
     peak_flop_s: float,
+    chip: str,
     name: str = "",
     days: float = 3 * 365,
 ) -> Figure:
     """Cumulative accelerator-hours of training (paid before launch) and of serving
-    ``tokens_per_day`` tokens a day, on chips of peak ``peak_flop_s``; the crossing is marked.
+    ``tokens_per_day`` tokens a day, on ``chip``s of peak ``peak_flop_s``; the crossing is marked.
 
     The dotted line is serving at the training utilisation: the FLOP-for-FLOP comparison.
     """
@@ -85,7 +86,7 @@ def plot_crossover(
                                   train_utilisation=train_utilisation, serve_utilisation=serve_utilisation)
 
     fig, ax = plt.subplots()
-    ax.axhline(train, color=TRAIN, label=f"training: {_si(train)} H100-hours")
+    ax.axhline(train, color=TRAIN, label=f"training: {_si(train)} {chip}-hours")
     ax.plot(t, per_day * t, color=SERVE, label=f"serving at {serve_utilisation:.0%} utilisation")
     ax.plot(t, flop_per_day * t, color=SERVE, ls=":",
             label=f"serving at {train_utilisation:.0%} (FLOP parity)")
@@ -97,7 +98,7 @@ def plot_crossover(
         ax.text(0.97, 0.05, f"crosses after {fmt.num(cross / 365, 2)} years", transform=ax.transAxes,
                 ha="right", fontsize=11)
     ax.set(xscale="log", yscale="log", xlim=(1, days), ylim=(1e2, 1e10),
-           xlabel="days of serving", ylabel="cumulative H100-hours",
+           xlabel="days of serving", ylabel=f"cumulative {chip}-hours",
            title=f"{name}: {_si(tokens_per_day)} tokens a day".strip(": "))
     ax.minorticks_off()
     ax.xaxis.set_major_formatter(PLAIN)
