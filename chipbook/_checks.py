@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import decimal
 import numbers
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -86,11 +85,3 @@ def count(name: str, value: Any, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
     return int(value)
-
-
-def choice(name: str, value: Any, allowed: Iterable[str]) -> str:
-    """``value`` required to be one of ``allowed``."""
-    allowed = list(allowed)
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
-    return value

@@ -86,12 +86,3 @@ def test_count_accepts_whole_numbers_only():
             _checks.count("n", bad)
     with pytest.raises(ValueError, match=r"^dpi must be a whole number >= 20, got 19"):
         _checks.count("dpi", 19, minimum=20)
-
-
-def test_choice():
-    assert _checks.choice("fmt", "bf16", ["fp8", "bf16"]) == "bf16"
-    assert _checks.choice("fmt", "fp8", (f for f in ["fp8"])) == "fp8"  # any iterable
-    with pytest.raises(ValueError, match=r"^fmt must be one of 'fp8', 'bf16'; got 'int4'"):
-        _checks.choice("fmt", "int4", ["fp8", "bf16"])
-    with pytest.raises(ValueError, match=r"^fmt must be one of"):
-        _checks.choice("fmt", None, ["fp8"])
