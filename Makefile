@@ -40,9 +40,11 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest -m "not browser" tests
 
+# Each notebook runs in its own kernel, two notebooks at a time (--dist loadscope keeps a notebook's
+# cells together on one worker, in order).
 nbval: $(STAMP)
 	$(BIN)/python -m pytest --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg \
-		-p no:cacheprovider notebooks book
+		-p no:cacheprovider -n 2 --dist loadscope notebooks book
 
 html-build: book
 

@@ -135,12 +135,10 @@ def command_seconds(command: list[str]) -> float:
 
 
 def nbval_seconds() -> float:
-    """Seconds for the nbval run of every notebook, as `make nbval` runs it."""
-    folders = [folder for folder in NOTEBOOK_FOLDERS if any((REPO / folder).glob("*.ipynb"))]
-    if not folders:
+    """Seconds for the nbval run of every notebook: `make nbval`, the command CI runs."""
+    if not notebooks():
         raise MeasurementError("no notebooks to run")
-    return command_seconds([str(BIN / "python"), "-m", "pytest", "--nbval", "--nbval-sanitize-with",
-                            "tests/nbval_sanitize.cfg", "-p", "no:cacheprovider", "-q", *folders])
+    return command_seconds(["make", "--no-print-directory", "nbval"])
 
 
 def clean_build_seconds() -> float:
