@@ -74,7 +74,9 @@ def plot_chips_needed(counts: pd.DataFrame, *, title: str) -> Figure:
     one model, with the chip's tiers used one set at a time. ``counts`` is indexed by chip, with
     columns (workload, tier set); inf (no such tier) is drawn as a cross at the axis's right end."""
     chips = list(counts.index)
-    fig, axes = plt.subplots(1, 2, figsize=(7.2, 0.38 * len(chips) + 1.9), sharey=True)
+    height = 0.38 * len(chips) + 2.0
+    fig, axes = plt.subplots(1, 2, figsize=(7.2, height), sharey=True, layout="none")
+    fig.subplots_adjust(left=0.3, right=0.97, wspace=0.08, top=1 - 1.05 / height, bottom=0.7 / height)
     y = np.arange(len(chips))
     top = 10 ** np.ceil(np.log10(max(2.0, np.nanmax(counts.replace(np.inf, np.nan).to_numpy()))))
     for ax, workload in zip(axes, ("inference", "training"), strict=True):
@@ -89,11 +91,11 @@ def plot_chips_needed(counts: pd.DataFrame, *, title: str) -> Figure:
         ax.set(xscale="log", xlim=(0.7, top * 1.5), title=workload)
         ax.minorticks_off()
         ax.xaxis.set_major_formatter(SI)
-        ax.set_xlabel("chips needed (× = tiers absent)")
+    fig.supxlabel("chips needed (× = no such tier)", x=0.635, fontsize=12)
     axes[0].set_yticks(y, chips, fontsize=10)
     axes[0].invert_yaxis()
-    axes[0].legend(loc="lower center", bbox_to_anchor=(1.0, 1.08), ncols=3, fontsize=9, frameon=False)
-    fig.suptitle(title, fontsize=12)
+    axes[0].legend(loc="lower center", bbox_to_anchor=(1.04, 1.07), ncols=3, fontsize=9, frameon=False)
+    fig.suptitle(title, fontsize=12, x=0.635)
     return fig
 
 
@@ -108,11 +110,11 @@ def plot_roofline(peak_flop_s: float, bandwidth_b_s: float, batch: int, *, chip:
     ridge = peak_flop_s / bandwidth_b_s
     fig, ax = plt.subplots()
     ax.plot(x, roof / 1e12, color=PALETTE["black"],
-            label=f"roofline ({tier} {fmt.num(bandwidth_b_s / 1e12, 3)} TB/s)")
+            label=f"roofline ({tier} {bandwidth_b_s / 1e12:g} TB/s)")
     decode = 2 * batch / bytes_per_value
     attained = min(peak_flop_s, decode * bandwidth_b_s)
     ax.plot([decode], [attained / 1e12], marker="o", ms=10, color=SERVE, ls="none",
-            label=f"decode, batch {batch}: {attained / peak_flop_s:.1%} of peak")
+            label=f"decode, batch {batch}: {fmt.pct(attained / peak_flop_s, 2)} of peak")
     if train_intensity is not None:
         reached = min(peak_flop_s, train_intensity * bandwidth_b_s)
         ax.plot([train_intensity], [reached / 1e12], marker="s", ms=9, color=TRAIN, ls="none",
@@ -125,7 +127,7 @@ def plot_roofline(peak_flop_s: float, bandwidth_b_s: float, batch: int, *, chip:
     ax.minorticks_off()
     ax.xaxis.set_major_formatter(SI)
     ax.yaxis.set_major_formatter(SI)
-    ax.legend(loc="upper left", fontsize=9)
+    ax.legend(loc="lower right", fontsize=9)
     return fig
 
 
