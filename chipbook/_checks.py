@@ -85,3 +85,11 @@ def count(name: str, value: Any, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
     return int(value)
+
+
+def choice(name: str, value: Any, allowed: Any) -> Any:
+    """``value``, required to be one of ``allowed`` (a mapping's keys or a sequence)."""
+    options = list(allowed)
+    if isinstance(value, (list, dict, set)) or value not in options:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, options))}; got {value!r}")
+    return value

@@ -295,10 +295,15 @@ def test_palm_chip_hours_are_the_notes_arithmetic(frames):
 
 def test_chips(frames):
     chips = frames["chips"]
-    for column in ["bf16_dense_tflop_s", "hbm_gb", "hbm_bandwidth_gb_s", "sram_mb"]:
+    for column in ["bf16_dense_tflop_s", "hbm_gb", "hbm_bandwidth_gb_s", "sram_mb", "sram_bandwidth_gb_s",
+                   "ddr_gb", "ddr_bandwidth_gb_s"]:
         assert (chips[column].dropna() > 0).all(), column
-    # a chip with HBM has both its capacity and its bandwidth
-    assert (chips["hbm_gb"].isna() == chips["hbm_bandwidth_gb_s"].isna()).all()
+    # a tier's bandwidth comes with its capacity; a tier without a bandwidth says it was not confirmed
+    for capacity, bandwidth in [("hbm_gb", "hbm_bandwidth_gb_s"), ("sram_mb", "sram_bandwidth_gb_s"),
+                                ("ddr_gb", "ddr_bandwidth_gb_s")]:
+        assert not (chips[bandwidth].notna() & chips[capacity].isna()).any(), bandwidth
+    no_hbm_bandwidth = chips[chips["hbm_gb"].notna() & chips["hbm_bandwidth_gb_s"].isna()]
+    assert no_hbm_bandwidth["note"].str.contains("not confirmed").all()
     # H100 and H200 share a die: same dense peak, more and faster memory on the H200
     c = chips.set_index("chip")
     assert c.loc["NVIDIA H100 SXM", "bf16_dense_tflop_s"] == c.loc["NVIDIA H200 SXM", "bf16_dense_tflop_s"]
