@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import decimal
 import numbers
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -85,3 +86,10 @@ def count(name: str, value: Any, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
     return int(value)
+
+
+def choice(name: str, value: Any, allowed: Sequence[str]) -> str:
+    """``value``, required to be one of the strings ``allowed``."""
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+    return value
