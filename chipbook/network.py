@@ -377,13 +377,17 @@ class Step:
 
 def data_parallel_step(params: float, tokens_per_step: float, chips: int, peak_flop_s: float,
                        utilisation: float, bandwidth: float, latency: float, *,
-                       bytes_per_value: float = 2.0, algorithm: str = "ring") -> Step:
-    """A data-parallel step: 6·N·tokens FLOP shared by ``chips`` chips at ``utilisation`` of their
-    ``peak_flop_s``, then an all-reduce of the N-value gradient (:func:`allreduce_time`)."""
+                       active_params: float | None = None, bytes_per_value: float = 2.0,
+                       algorithm: str = "ring") -> Step:
+    """A data-parallel step: 6·N_active·tokens FLOP shared by ``chips`` chips at ``utilisation`` of
+    their ``peak_flop_s``, then an all-reduce of the gradient of all ``params`` values
+    (:func:`allreduce_time`). ``active_params`` (default ``params``) is the count used per token,
+    smaller for a mixture-of-experts model, whose every expert still has a gradient."""
     chips = _checks.count("chips", chips)
     peak_flop_s = _checks.positive("peak_flop_s", peak_flop_s)
     utilisation = _checks.fraction("utilisation", utilisation)
-    compute = market.training_flops(params, tokens_per_step) / (chips * peak_flop_s * utilisation)
+    active = params if active_params is None else active_params
+    compute = market.training_flops(active, tokens_per_step) / (chips * peak_flop_s * utilisation)
     comm = allreduce_time(gradient_bytes(params, bytes_per_value), chips, bandwidth, latency, algorithm)
     return Step(compute=compute, allreduce=comm)
 
@@ -405,3 +409,30 @@ def tensor_parallel_decode_time(layers: int, d_model: float, ranks: int, bandwid
     message = pipeline_bytes_per_token(d_model, batch, bytes_per_value)
     per_layer = TP_ALLREDUCES_PER_LAYER["forward"]
     return layers * per_layer * allreduce_time(message, ranks, bandwidth, latency, algorithm)
+
+
+def bisection_demand(traffic: Traffic) -> float:
+    """Bisection bandwidth a collective needs to run every round at the speed of its busiest link,
+    in units of one link's bandwidth (per direction): the largest, over rounds, of the bytes that
+    cross between the lower and upper halves of the ranks, divided by the busiest link's bytes on a
+    non-blocking switch."""
+    worst = 0.0
+    for sent in traffic.rounds:
+        busiest = link_loads(sent, "switch").max()
+        if busiest > 0:
+            worst = max(worst, bisection_bytes(sent) / busiest)
+    return worst
+
+
+def required_link_bandwidth(tokens_per_chip: float, peak_flop_s: float, utilisation: float,
+                            bytes_per_value: float = 2.0) -> float:
+    """Per-direction bandwidth (bytes/s) at which a data-parallel ring all-reduce of the gradient
+    takes as long as the step's compute, for many chips: 2·N·b/B = 6·N·(T/d)/(P·u) gives
+    B* = b·P·u / (3·T/d), whatever the model's size N (sharding the model over m chips divides both
+    sides by m). ``tokens_per_chip`` is T/d, the global batch over the data-parallel degree."""
+    tokens_per_chip = _checks.positive("tokens_per_chip", tokens_per_chip)
+    peak_flop_s = _checks.positive("peak_flop_s", peak_flop_s)
+    utilisation = _checks.fraction("utilisation", utilisation)
+    bytes_per_value = _checks.positive("bytes_per_value", bytes_per_value)
+    flop_per_byte = market.TRAINING_FLOP_PER_PARAM / 2  # 6N FLOP a token against 2N values sent a step
+    return bytes_per_value * peak_flop_s * utilisation / (flop_per_byte * tokens_per_chip)

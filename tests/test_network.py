@@ -260,6 +260,10 @@ def test_data_parallel_step_by_hand():
     assert step.allreduce == pytest.approx(2 * 9 / 10 * 2e9 / 1e10)
     assert step.efficiency == pytest.approx(1.2 / (1.2 + 0.36))
     assert step.efficiency_overlapped == 1.0
+    # a mixture of experts computes with its active parameters but synchronises all of them
+    moe = net.data_parallel_step(1e10, 1e6, 10, 1e15, 0.5, 1e10, 0.0, active_params=1e9)
+    assert moe.compute == pytest.approx(1.2)
+    assert moe.allreduce == pytest.approx(2 * 9 / 10 * 2e10 / 1e10)
 
 
 # --- bad input -------------------------------------------------------------------------------------
@@ -292,3 +296,25 @@ def test_data_parallel_step_by_hand():
 def test_bad_input_names_the_parameter(call, name):
     with pytest.raises(ValueError, match=name):
         call()
+
+
+# --- bisection and the bandwidth a data-parallel step needs -------------------------------------------
+
+
+def test_bisection_demand_of_each_pattern():
+    n = 8
+    zeros = np.zeros((n, 8 * n), dtype=np.float32)
+    # a ring's cut crosses two ring links, one chunk each way: 2 links' worth, whatever n
+    assert net.bisection_demand(net.ring_allreduce(zeros)) == 2
+    # the first halving step sends half of every rank's buffer across the middle: n links' worth
+    assert net.bisection_demand(net.halving_doubling_allreduce(zeros)) == n
+    pipe = net.pipeline_forward(np.ones((1, 4)), [np.eye(4)] * n, n)
+    assert net.bisection_demand(pipe) == 1
+
+
+@given(tokens=st.floats(1e3, 1e6), peak=st.floats(1e14, 1e16), u=st.floats(0.1, 1.0))
+def test_required_bandwidth_balances_compute_and_ring_allreduce_for_many_chips(tokens, peak, u):
+    chips = 10**6  # 2(d−1)/d → 2
+    b_star = net.required_link_bandwidth(tokens, peak, u)
+    step = net.data_parallel_step(7e10, tokens * chips, chips, peak, u, b_star, 0.0)
+    assert step.allreduce == pytest.approx(step.compute, rel=1e-5)
