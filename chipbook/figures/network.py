@@ -149,7 +149,7 @@ def plot_step(link: str, chips: int, *, links: pd.DataFrame, models: pd.DataFram
     for i, (c, a) in enumerate(zip(compute, comm, strict=True)):
         ax.text(max(c, a) * 1.3, i, f"{c / (c + a):.0%}", va="center", fontsize=11)
     ax.set_yticks(y, models["model"])
-    ax.set(xscale="log", xlim=(1e-2, 1e5), xlabel="seconds per step (% = scaling efficiency)",
+    ax.set(xscale="log", xlim=(1e-2, 3e4), xlabel="seconds per step (% = scaling efficiency)",
            title=f"{chips} chips, {link}")
     ax.minorticks_off()
     ax.xaxis.set_major_formatter(SECONDS)
