@@ -4,10 +4,11 @@ training and of inference (chapter "Networking").
 Sources of the algorithms and formulas:
 
 * Ring all-reduce (a reduce-scatter then an all-gather, each n−1 steps of one chunk of S/n bytes to
-  the next rank) and recursive halving then doubling (Rabenseifner's algorithm, log₂ n steps each way,
-  with the extra step for rank counts that are not powers of two) are those of [thakur2005optimization],
-  whose α-β costs are used here: a message of m bytes costs α + m/B. The ring's 2(n−1)/n·S bytes per
-  rank is the least any all-reduce can send [patarasuk2009bandwidth].
+  the next rank) sends 2(n−1)/n·S bytes per rank, the least any all-reduce can send
+  [patarasuk2009bandwidth]. Recursive halving then doubling is Rabenseifner's algorithm (log₂ n steps
+  each way) as described by [thakur2005optimization], whose α-β costs are used here: a message of m
+  bytes costs α + m/B. For rank counts that are not powers of two this module folds the extra ranks
+  in with whole buffers, a simpler variant of the paper's half-buffer exchange.
 * The bus bandwidth of NVIDIA's nccl-tests, busbw = algbw · 2(n−1)/n with algbw = S/t, is the per-rank
   link speed an all-reduce of S bytes in t seconds implies [nccltests2024performance].
 * Megatron-style tensor parallelism splits each MLP and attention block across ranks so that each
@@ -101,8 +102,8 @@ def ring_allreduce(buffers) -> Traffic:
 
     Each buffer is cut into n chunks. Reduce-scatter: in step s, rank r sends its running sum of
     chunk (r − s) mod n to rank r+1, which adds its own; after n−1 steps rank r holds the full sum of
-    chunk (r+1) mod n. All-gather: n−1 more steps pass the finished chunks on round the ring.
-    [thakur2005optimization]
+    chunk (r+1) mod n. All-gather: n−1 more steps pass the finished chunks on round the ring
+    [patarasuk2009bandwidth].
     """
     data = _buffers(buffers)
     n = data.shape[0]
@@ -128,13 +129,14 @@ def ring_allreduce(buffers) -> Traffic:
 
 def halving_doubling_allreduce(buffers) -> Traffic:
     """All-reduce (sum) by recursive halving (a reduce-scatter) then recursive doubling (an
-    all-gather): Rabenseifner's algorithm as given by [thakur2005optimization].
+    all-gather): Rabenseifner's algorithm as described by [thakur2005optimization].
 
     With p the largest power of two ≤ n, the n − p extra ranks first send their whole buffer to a
     partner (ranks 2i and 2i+1 for i < n − p; the even one drops out) and get the result back at the
-    end. Among the p remaining ranks, in the step at distance d = p/2, p/4, …, 1 each rank swaps half
-    of its current segment with the rank d away and keeps the sum of the other half; the doubling
-    steps retrace the same pairs in reverse, swapping finished segments.
+    end; the paper exchanges half buffers there, whole ones keep this simple. Among the p remaining
+    ranks, in the step at distance d = p/2, p/4, …, 1 each rank swaps half of its current segment
+    with the rank d away and keeps the sum of the other half; the doubling steps retrace the same
+    pairs in reverse, swapping finished segments.
     """
     data = _buffers(buffers)
     n, size = data.shape

@@ -121,7 +121,7 @@ def plot_scaling(links: pd.DataFrame, *, params: float, tokens_per_step: float, 
         ax.plot(chips, eff, ls=styles[i % len(styles)], marker="o", ms=4, color=colours[i % len(colours)],
                 label=f"{row.link.split(' (')[0]}, {row.gb_s_per_direction:g} GB/s")
     ax.set(xscale="log", ylim=(0, 1.02), xlabel="chips in data parallel",
-           ylabel="scaling efficiency", title=f"{model}: {tokens_per_step / 1e6:g}M tokens a step")
+           ylabel="scaling efficiency", title=f"{model}: {tokens_per_step / 1e6:.3g}M tokens a step")
     ax.minorticks_off()
     ax.xaxis.set_major_formatter(PLAIN)
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0%}"))
@@ -167,7 +167,7 @@ def plot_message_sizes(sizes: Mapping[str, float], colours: Sequence[str]) -> Fi
     for yi, value in zip(y, sizes.values(), strict=True):
         ax.text(value * 1.5, yi, _bytes(value), va="center", fontsize=10)
     ax.set_yticks(y, labels, fontsize=10)
-    ax.set(xscale="log", xlim=(1e3, 1e15), xlabel="bytes")
+    ax.set(xscale="log", xlim=(1e3, 1e14), xlabel="bytes")
     ax.minorticks_off()
     ax.xaxis.set_major_formatter(POW10)
     return fig
