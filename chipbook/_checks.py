@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import decimal
 import numbers
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -87,9 +88,10 @@ def count(name: str, value: Any, minimum: int = 1) -> int:
     return int(value)
 
 
-def choice(name: str, value: Any, allowed: Any) -> Any:
-    """``value``, required to be one of ``allowed`` (a mapping's keys or a sequence)."""
+def choice(name: str, value: Any, allowed: Iterable[Any]) -> Any:
+    """``value``, required to be one of ``allowed`` (a sequence, or a mapping's keys) and of the same
+    type, so that ``True`` is not taken for ``1`` nor ``"1"`` for ``1``."""
     options = list(allowed)
-    if isinstance(value, (list, dict, set)) or value not in options:
+    if not any(type(value) is type(option) and value == option for option in options):
         raise ValueError(f"{name} must be one of {', '.join(map(str, options))}; got {value!r}")
     return value

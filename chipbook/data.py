@@ -35,6 +35,7 @@ UNITS: dict[str, tuple[str, float, float]] = {
     "GB": ("number", 0, math.inf),
     "GB/s": ("number", 0, math.inf),
     "MB": ("number", 0, math.inf),
+    "us": ("number", 0, math.inf),
     "fraction": ("number", 0, 1),
     "year": ("number", 1900, 2100),
 }

@@ -1,0 +1,320 @@
+"""chipbook.network against independent values: the exact sum of the buffers (integers, so no
+rounding), the byte volumes the papers derive by hand, the nccl-tests bus-bandwidth definition, a
+direct (unsplit) computation of the pipelined and tensor-parallel layers, and hand-routed link loads.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from chipbook import network as net
+
+ranks = st.integers(min_value=1, max_value=12)
+sizes = st.integers(min_value=1, max_value=40)
+ALGOS = ["ring", "halving_doubling", "naive"]
+
+
+def _buffers(n: int, m: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(-1000, 1000, size=(n, m), dtype=np.int64)
+
+
+# --- results: every rank ends with the exact sum -----------------------------------------------------
+
+
+@pytest.mark.parametrize("algorithm", ALGOS)
+@given(n=ranks, m=sizes, seed=st.integers(0, 2**32 - 1))
+def test_allreduce_gives_every_rank_the_exact_sum(algorithm, n, m, seed):
+    buffers = _buffers(n, m, seed)
+    total = buffers.sum(axis=0)
+    out = net.allreduce(buffers, algorithm)
+    assert out.result.shape == (n, m)
+    assert (out.result == total).all()  # integers: the sum is exact whatever the order of additions
+
+
+@given(n=ranks, m=sizes, seed=st.integers(0, 2**32 - 1))
+def test_allreduce_of_floats_matches_the_sum(n, m, seed):
+    buffers = np.random.default_rng(seed).standard_normal((n, m))
+    for algorithm in ALGOS:
+        np.testing.assert_allclose(net.allreduce(buffers, algorithm).result,
+                                   np.broadcast_to(buffers.sum(axis=0), (n, m)), rtol=1e-12, atol=1e-12)
+
+
+def test_input_buffers_are_not_modified():
+    buffers = _buffers(4, 8, 0)
+    before = buffers.copy()
+    for algorithm in ALGOS:
+        net.allreduce(buffers, algorithm)
+    assert (buffers == before).all()
+
+
+# --- byte counts: the known volumes ------------------------------------------------------------------
+
+
+@given(n=st.integers(2, 16), chunks=st.integers(1, 6))
+def test_ring_sends_two_n_minus_one_over_n_of_the_buffer_per_rank(n, chunks):
+    # S divisible by n: each rank sends and receives exactly 2(n−1)/n · S [patarasuk2009bandwidth]
+    m = n * chunks
+    out = net.ring_allreduce(np.ones((n, m), dtype=np.float32))
+    size = m * 4
+    assert (out.sent == 2 * (n - 1) * size // n).all()
+    assert (out.received == 2 * (n - 1) * size // n).all()
+    assert out.steps == 2 * (n - 1)
+    # only neighbours talk: rank r to rank r+1
+    expected = np.zeros((n, n))
+    for r in range(n):
+        expected[r, (r + 1) % n] = 2 * (n - 1) * size // n
+    assert (out.matrix == expected).all()
+
+
+@given(n=st.integers(2, 16), m=st.integers(1, 50))
+def test_ring_volume_for_uneven_chunks_is_within_one_element_per_step(n, m):
+    out = net.ring_allreduce(np.ones((n, m), dtype=np.int64))
+    ideal = 2 * (n - 1) / n * m * 8
+    assert np.all(np.abs(out.sent - ideal) <= 2 * (n - 1) * 8)
+    assert out.matrix.sum() == 2 * (n - 1) * m * 8  # every chunk travels n−1 hops twice
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
+def test_halving_doubling_volume_and_steps_for_powers_of_two(k):
+    p = 2**k
+    m = 3 * p
+    out = net.halving_doubling_allreduce(np.ones((p, m), dtype=np.int64))
+    size = m * 8
+    assert (out.sent == 2 * (p - 1) * size // p).all()  # the same bytes as the ring
+    assert out.steps == 2 * k                            # in log₂p steps each way, not p−1
+    # step at distance d pairs rank r with r XOR d [thakur2005optimization]
+    first = out.rounds[0]
+    for r in range(p):
+        assert first[r, r ^ (p // 2)] == size // 2
+
+
+@pytest.mark.parametrize("n", [3, 5, 6, 7, 12])
+def test_halving_doubling_extra_ranks_send_whole_buffers(n):
+    p = 1 << (n.bit_length() - 1)
+    m = 4 * p
+    out = net.halving_doubling_allreduce(np.ones((n, m), dtype=np.int64))
+    size = m * 8
+    extra = n - p
+    assert out.steps == 2 * int(math.log2(p)) + 2
+    for i in range(extra):
+        assert out.rounds[0][2 * i, 2 * i + 1] == size
+        assert out.rounds[-1][2 * i + 1, 2 * i] == size
+        assert out.sent[2 * i] == size  # the extra rank sends its buffer once and only receives after
+
+
+@given(n=st.integers(2, 12), m=st.integers(1, 20), root=st.integers(0, 11))
+def test_naive_allreduce_funnels_everything_through_the_root(n, m, root):
+    root = root % n
+    out = net.naive_allreduce(np.ones((n, m), dtype=np.int16), root=root)
+    size = m * 2
+    assert out.received[root] == (n - 1) * size
+    assert out.sent[root] == (n - 1) * size
+    others = [r for r in range(n) if r != root]
+    assert (out.sent[others] == size).all() and (out.received[others] == size).all()
+
+
+def test_single_rank_sends_nothing():
+    for algorithm in ALGOS:
+        out = net.allreduce(np.arange(5).reshape(1, 5), algorithm)
+        assert out.matrix.sum() == 0 and (out.result == np.arange(5)).all()
+
+
+# --- the α-β closed forms against the simulations -----------------------------------------------------
+
+
+@pytest.mark.parametrize("algorithm", ALGOS)
+@given(n=st.integers(1, 16), chunks=st.integers(1, 4))
+def test_closed_form_time_equals_the_simulated_rounds_on_a_switch(algorithm, n, chunks):
+    p = 1 << (n.bit_length() - 1)
+    m = n * p * chunks * 2  # divisible by every split the algorithms make
+    out = net.allreduce(np.zeros((n, m), dtype=np.float32), algorithm)
+    bandwidth, latency = 4e10, 3e-6
+    simulated = net.simulated_time(out, "switch", bandwidth, latency)
+    assert net.allreduce_time(m * 4, n, bandwidth, latency, algorithm) == pytest.approx(simulated, rel=1e-12)
+
+
+def test_ring_alpha_beta_hand_example():
+    # 8 ranks, 1 GB, 100 GB/s per direction, 5 µs: 14 α + 1.75 · 10 ms
+    assert net.allreduce_time(1e9, 8, 1e11, 5e-6) == pytest.approx(14 * 5e-6 + 1.75 * 1e-2)
+    # halving-doubling: 6 α, same bytes
+    assert net.allreduce_time(1e9, 8, 1e11, 5e-6, "halving_doubling") == pytest.approx(6 * 5e-6 + 1.75e-2)
+    # naive: the root's link carries 7 GB in and 7 GB out
+    assert net.allreduce_time(1e9, 8, 1e11, 5e-6, "naive") == pytest.approx(2 * (5e-6 + 7e9 / 1e11))
+
+
+@given(n=st.integers(2, 4096), nbytes=st.floats(1e3, 1e12))
+def test_bus_bandwidth_of_a_latency_free_ring_is_the_link_bandwidth(n, nbytes):
+    # nccl-tests: busbw = algbw · 2(n−1)/n equals the link speed B for an ideal ring
+    bandwidth = 5e10
+    t = net.allreduce_time(nbytes, n, bandwidth, 0.0)
+    assert net.bus_bandwidth(nbytes, t, n) == pytest.approx(bandwidth, rel=1e-9)
+    assert net.algorithm_bandwidth(nbytes, t) == pytest.approx(bandwidth * n / (2 * (n - 1)), rel=1e-9)
+
+
+def test_small_messages_are_latency_bound_and_large_ones_bandwidth_bound():
+    b, a = 4.5e11, 2e-6
+    small = net.allreduce_time(32e3, 8, b, a)
+    large = net.allreduce_time(16e9, 8, b, a)
+    assert 14 * a / small > 0.9            # α terms are over 90% of a 32 kB all-reduce
+    assert 14 * a / large < 1e-3           # and under 0.1% of a 16 GB one
+
+
+# --- topologies --------------------------------------------------------------------------------------
+
+
+def test_link_loads_by_hand():
+    sent = np.zeros((4, 4))
+    sent[0, 3] = 10  # on a chain: 0→1→2→3; on a ring: the short way, 0→3 counter-clockwise
+    sent[2, 1] = 5
+    chain = net.link_loads(sent, "chain")
+    right, left = chain[:4], chain[4:]
+    assert list(right) == [10, 10, 10, 0] and list(left) == [0, 5, 0, 0]
+    ring = net.link_loads(sent, "ring")
+    right, left = ring[:4], ring[4:]
+    assert list(right) == [0, 0, 0, 0] and list(left) == [0, 5, 0, 10]  # link 0→3 is left[3]
+    switch = net.link_loads(sent, "switch")
+    assert list(switch) == [10, 0, 5, 0, 0, 5, 0, 10]
+
+
+def test_ring_allreduce_runs_at_full_speed_on_a_ring_and_on_a_chain():
+    out = net.ring_allreduce(np.zeros((8, 64), dtype=np.float32))
+    on_switch = net.simulated_time(out, "switch", 1e9, 1e-6)
+    assert net.simulated_time(out, "ring", 1e9, 1e-6) == pytest.approx(on_switch)
+    # a full-duplex chain carries the wrap-around chunk backwards on otherwise idle links
+    assert net.simulated_time(out, "chain", 1e9, 1e-6) == pytest.approx(on_switch)
+
+
+def test_halving_doubling_congests_a_chain():
+    p, m = 8, 64
+    out = net.halving_doubling_allreduce(np.zeros((p, m), dtype=np.float32))
+    b = 1e9
+    first = out.rounds[0]  # ranks r and r+4 swap half their buffers: 4 messages cross the middle
+    assert net.round_time(first, "chain", b, 0.0) == pytest.approx(4 * (m * 4 / 2) / b)
+    assert net.round_time(first, "switch", b, 0.0) == pytest.approx((m * 4 / 2) / b)
+    assert net.bisection_bytes(first) == 2 * 4 * (m * 4 / 2)
+
+
+def test_pipeline_crosses_the_bisection_once():
+    x = np.ones((2, 4), dtype=np.float32)
+    out = net.pipeline_forward(x, [np.eye(4, dtype=np.float32)] * 4, stages=4)
+    assert net.bisection_bytes(out.matrix) == x.nbytes
+
+
+# --- pipeline and tensor parallelism ------------------------------------------------------------------
+
+
+@given(stages=st.integers(1, 6), extra=st.integers(0, 4), batch=st.integers(1, 4), seed=st.integers(0, 999))
+def test_pipeline_computes_the_unsplit_network_and_sends_one_activation_per_boundary(stages, extra, batch,
+                                                                                     seed):
+    rng = np.random.default_rng(seed)
+    width = 6
+    weights = [rng.integers(-2, 3, size=(width, width)) for _ in range(stages + extra)]
+    x = rng.integers(-3, 4, size=(batch, width))
+    expected = x
+    for w in weights:
+        expected = np.maximum(0, expected @ w)
+    out = net.pipeline_forward(x, weights, stages)
+    assert (out.result[-1] == expected).all()
+    boundary = batch * width * x.itemsize
+    assert out.matrix.sum() == (stages - 1) * boundary
+    for s in range(stages - 1):
+        assert out.matrix[s, s + 1] == boundary  # each stage talks only to the next
+
+
+@given(ranks_=st.integers(1, 8), batch=st.integers(1, 3), seed=st.integers(0, 999))
+def test_tensor_parallel_mlp_equals_the_unsplit_block(ranks_, batch, seed):
+    rng = np.random.default_rng(seed)
+    d, hidden = 4, 8
+    x = rng.integers(-3, 4, size=(batch, d))
+    w_in = rng.integers(-2, 3, size=(d, hidden))
+    w_out = rng.integers(-2, 3, size=(hidden, d))
+    out = net.tensor_parallel_mlp(x, w_in, w_out, ranks_)
+    expected = np.maximum(0, x @ w_in) @ w_out
+    for r in range(ranks_):
+        assert (out.result[r] == expected).all()
+    # one all-reduce of the output activation: ring volume of batch·d values per rank
+    message = batch * d * x.itemsize
+    assert out.matrix.sum() == (2 * (ranks_ - 1) * message if ranks_ > 1 else 0)
+
+
+def test_tensor_parallel_decode_is_two_allreduces_per_layer():
+    t = net.tensor_parallel_decode_time(10, 1000, 4, 1e11, 1e-6, batch=2)
+    assert t == pytest.approx(20 * net.allreduce_time(2 * 1000 * 2, 4, 1e11, 1e-6))
+    assert net.TP_ALLREDUCES_PER_LAYER == {"forward": 2, "backward": 2}
+
+
+def test_pipeline_bytes_per_token():
+    assert net.pipeline_bytes_per_token(16384) == 32768  # Llama 3.1 405B width, BF16, one sequence
+    assert net.pipeline_bytes_per_token(8192, batch=64, bytes_per_value=1) == 8192 * 64
+
+
+def test_data_parallel_step_by_hand():
+    # 1e9 params, 1e6 tokens: 6e15 FLOP on 10 chips of 1e15 at 50% = 1.2 s; gradient 2e9 bytes
+    step = net.data_parallel_step(1e9, 1e6, 10, 1e15, 0.5, 1e10, 0.0)
+    assert step.compute == pytest.approx(1.2)
+    assert step.allreduce == pytest.approx(2 * 9 / 10 * 2e9 / 1e10)
+    assert step.efficiency == pytest.approx(1.2 / (1.2 + 0.36))
+    assert step.efficiency_overlapped == 1.0
+    # a mixture of experts computes with its active parameters but synchronises all of them
+    moe = net.data_parallel_step(1e10, 1e6, 10, 1e15, 0.5, 1e10, 0.0, active_params=1e9)
+    assert moe.compute == pytest.approx(1.2)
+    assert moe.allreduce == pytest.approx(2 * 9 / 10 * 2e10 / 1e10)
+
+
+# --- bad input -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("call", "name"),
+    [
+        (lambda: net.allreduce_time(-1, 4, 1e9, 0), "nbytes"),
+        (lambda: net.allreduce_time(1, 0, 1e9, 0), "ranks"),
+        (lambda: net.allreduce_time(1, 4, 0, 0), "bandwidth"),
+        (lambda: net.allreduce_time(1, 4, 1e9, -1), "latency"),
+        (lambda: net.allreduce_time(1, 4, 1e9, 0, "butterfly"), "algorithm"),
+        (lambda: net.allreduce(np.ones((2, 2)), "tree"), "algorithm"),
+        (lambda: net.ring_allreduce(np.ones(3)), "buffers"),
+        (lambda: net.ring_allreduce([["a", "b"]]), "buffers"),
+        (lambda: net.ring_allreduce(np.array([[1.0, np.nan]])), "buffers"),
+        (lambda: net.naive_allreduce(np.ones((2, 2)), root=2), "root"),
+        (lambda: net.link_loads(np.ones((2, 2)), "torus"), "topology"),
+        (lambda: net.pipeline_forward(np.ones((1, 2)), [np.eye(2)], 2), "stages"),
+        (lambda: net.tensor_parallel_mlp(np.ones((1, 2)), np.ones((2, 2)), np.ones((2, 2)), 3), "ranks"),
+        (lambda: net.bus_bandwidth(1e9, 0, 4), "seconds"),
+        (lambda: net.gradient_bytes(0), "params"),
+        (lambda: net.pipeline_bytes_per_token(4096, batch=0), "batch"),
+        (lambda: net.data_parallel_step(1e9, 1e6, 8, 1e15, 1.5, 1e10, 0), "utilisation"),
+        (lambda: net.data_parallel_step(1e9, 1e6, 2.5, 1e15, 0.5, 1e10, 0), "chips"),
+        (lambda: net.tensor_parallel_decode_time(0, 4096, 8, 1e11, 1e-6), "layers"),
+    ],
+)
+def test_bad_input_names_the_parameter(call, name):
+    with pytest.raises(ValueError, match=name):
+        call()
+
+
+# --- bisection and the bandwidth a data-parallel step needs -------------------------------------------
+
+
+def test_bisection_demand_of_each_pattern():
+    n = 8
+    zeros = np.zeros((n, 8 * n), dtype=np.float32)
+    # a ring's cut crosses two ring links, one chunk each way: 2 links' worth, whatever n
+    assert net.bisection_demand(net.ring_allreduce(zeros)) == 2
+    # the first halving step sends half of every rank's buffer across the middle: n links' worth
+    assert net.bisection_demand(net.halving_doubling_allreduce(zeros)) == n
+    pipe = net.pipeline_forward(np.ones((1, 4)), [np.eye(4)] * n, n)
+    assert net.bisection_demand(pipe) == 1
+
+
+@given(tokens=st.floats(1e3, 1e6), peak=st.floats(1e14, 1e16), u=st.floats(0.1, 1.0))
+def test_required_bandwidth_balances_compute_and_ring_allreduce_for_many_chips(tokens, peak, u):
+    chips = 10**6  # 2(d−1)/d → 2
+    b_star = net.required_link_bandwidth(tokens, peak, u)
+    step = net.data_parallel_step(7e10, tokens * chips, chips, peak, u, b_star, 0.0)
+    assert step.allreduce == pytest.approx(step.compute, rel=1e-5)
