@@ -85,3 +85,11 @@ def count(name: str, value: Any, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
     return int(value)
+
+
+def choice(name: str, value: Any, allowed: Any) -> Any:
+    """``value``, required to be one of ``allowed`` (names, or other values compared with ==)."""
+    options = list(allowed)
+    if isinstance(value, bool) or not any(type(value) is type(o) and value == o for o in options):
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}; got {value!r}")
+    return value
