@@ -56,7 +56,8 @@ def test_accumulation_lines_are_the_median_errors():
     left, right = fig.axes
     solid = [line for line in left.get_lines() if line.get_linestyle() == "-"]
     x, y = solid[0].get_data()
-    np.testing.assert_allclose(y, np.median(errors[0, 1][:, x - 1], axis=0))
+    want = np.median(errors[0, 1][:, x - 1], axis=0)
+    np.testing.assert_allclose(y, np.where(want > 0, want, np.nan))  # exact sums are not drawn on a log axis
     assert any(line.get_xdata()[0] == 128 for line in left.get_lines() if line.get_linestyle() == "--")
     heights = [p.get_height() for p in right.patches]
     np.testing.assert_allclose(heights[:2], np.median(errors[:, 0, :, 127], axis=1))

@@ -106,12 +106,14 @@ def plot_accumulation(errors: np.ndarray, bits: Sequence[int], promote: Sequence
     fig, (left, right) = plt.subplots(1, 2, figsize=(7.6, 3.9), width_ratios=(1.5, 1))
     for i, b in enumerate(bits):
         colour = COLOURS[(i + 1) % len(COLOURS)]
-        left.plot(ks[pick], np.median(errors[i, j][:, pick], axis=0), color=colour, label=f"{b} bits")
+        median = np.median(errors[i, j][:, pick], axis=0)
+        left.plot(ks[pick], np.where(median > 0, median, np.nan), color=colour, label=f"{b} bits")  # 0: exact
         if j != j0:
-            left.plot(ks[pick], np.median(errors[i, j0][:, pick], axis=0), color=colour, lw=1, ls=":")
+            never = np.median(errors[i, j0][:, pick], axis=0)
+            left.plot(ks[pick], np.where(never > 0, never, np.nan), color=colour, lw=1, ls=":")
     left.axvline(k, color=PALETTE["black"], lw=1, ls="--")
-    left.set(xscale="log", yscale="log", ylim=(1e-9, 1), xlabel="dot-product length K",
-             ylabel="relative error (median)",
+    left.set(xscale="log", yscale="log", ylim=(1e-9, 1), xlim=(1, ks[-1] * 1.3),
+             xlabel="dot-product length K", ylabel="relative error (median)",
              title="never promoted" if n_c is None else f"promoted every {n_c} (dotted: never)")
     left.minorticks_off()
     left.yaxis.set_major_formatter(POW10)
