@@ -45,7 +45,9 @@ def plot_format(fmt_name: str, grads: np.ndarray | None = None, loss_scale: floa
                          (f.max, "largest")):
         if lo < value < hi:
             ax.axvline(value, color=PALETTE["sky"], lw=1.2, ls="--")
-            ax.text(value, 3e-9, f" {label}", rotation=90, fontsize=8, va="bottom", color=PALETTE["blue"])
+            right = label == "largest"  # keep the last label inside the axes
+            ax.text(value, 3e-9, f"{label} " if right else f" {label}", rotation=90, fontsize=8, va="bottom",
+                    ha="right" if right else "left", color=PALETTE["blue"])
     ax.set(yscale="log", ylim=(1e-9, 2), ylabel="relative error of one cast",
            xlabel="magnitude" + (f" (gradients × {fmt.sci(loss_scale, 2)})" if loss_scale != 1 else ""))
     _magnitude_axis(ax, lo, hi)
