@@ -553,17 +553,26 @@ def init_params(seeds: Sequence[int], d_in: int, hidden: int, classes: int) -> l
             np.asarray(w2, np.float32), np.zeros((n, classes), np.float32)]
 
 
+def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """A matrix product of float32 inputs, accumulated in float64 and rounded once to float32, as a
+    tensor core with an fp32 output and wider internal accumulation would give. The single rounding
+    also makes the result independent of the BLAS kernel's summation order, so a run gives the same
+    float32 numbers on every machine."""
+    return np.matmul(np.asarray(a, np.float64), np.asarray(b, np.float64)).astype(np.float32)
+
+
 def logits(params: Sequence[np.ndarray], x: np.ndarray) -> np.ndarray:
     """The network's logits in float32 for stacked ``params`` (leading model axis) and inputs ``x``
     (shared by every model, or one batch per model)."""
     w1, b1, w2, b2 = (np.asarray(p, np.float32) for p in params)
     if np.ndim(x) == 2:  # one matrix product for every model at once (numpy broadcasts slowly)
         m, d, hidden = w1.shape
-        pre = (x @ w1.transpose(1, 0, 2).reshape(d, m * hidden)).reshape(len(x), m, hidden).transpose(1, 0, 2)
+        flat = _mm(x, w1.transpose(1, 0, 2).reshape(d, m * hidden))
+        pre = flat.reshape(len(x), m, hidden).transpose(1, 0, 2)
     else:
-        pre = np.matmul(x, w1)
+        pre = _mm(x, w1)
     h = np.ascontiguousarray(np.maximum(pre + b1[:, None, :], 0))
-    return np.matmul(h, w2) + b2[:, None, :]
+    return _mm(h, w2) + b2[:, None, :]
 
 
 def cross_entropy(z: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -611,18 +620,18 @@ def _gradients(params, xb, yb, recipe: Recipe, scale: np.ndarray, global_batch: 
     castg = lambda t: _cast(t, recipe.grad, recipe.scaling)  # noqa: E731
     w1, b1, w2, b2 = params
     xq, w1q, w2q = cast(xb), cast(w1), cast(w2)
-    pre = np.matmul(xq, w1q) + b1[:, None, :]
+    pre = _mm(xq, w1q) + b1[:, None, :]
     hq = cast(np.maximum(pre, 0))
-    z = np.matmul(hq, w2q) + b2[:, None, :]
+    z = (_mm(hq, w2q) + b2[:, None, :]).astype(np.float64)
     p = np.exp(z - z.max(axis=-1, keepdims=True))
-    p /= p.sum(axis=-1, keepdims=True)
+    p = (p / p.sum(axis=-1, keepdims=True)).astype(np.float32)  # float64 softmax, rounded once
     loss_factor = (scale / global_batch).astype(np.float32)[:, None, None]
     dz = (p - np.eye(p.shape[-1], dtype=np.float32)[yb]) * loss_factor
     dzq = castg(dz)
-    dh = np.matmul(dzq, np.swapaxes(w2q, 1, 2))
+    dh = _mm(dzq, np.swapaxes(w2q, 1, 2))
     dhq = castg(dh) * (pre > 0)
-    grads = [castg(np.matmul(np.swapaxes(xq, 1, 2), dhq)), dhq.sum(axis=1),
-             castg(np.matmul(np.swapaxes(hq, 1, 2), dzq)), dzq.sum(axis=1)]
+    grads = [castg(_mm(np.swapaxes(xq, 1, 2), dhq)), dhq.sum(axis=1),
+             castg(_mm(np.swapaxes(hq, 1, 2), dzq)), dzq.sum(axis=1)]
     return grads, (dz, dzq), (dh, dhq), pre > 0
 
 
