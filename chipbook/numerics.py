@@ -655,7 +655,7 @@ def _init(recipe: Recipe, seeds, n_lr, task, hidden):
     return params
 
 
-def train(recipe: Recipe, task: Task, lrs, seeds: Sequence[int], *, steps: int = 150, batch: int = 64,
+def train(recipe: Recipe, task: Task, lrs, seeds: Sequence[int], *, steps: int = 120, batch: int = 64,
           hidden: int = 32, global_batch: int = 2**24, eval_every: int = 10, eval_examples: int = 512,
           growth_interval: int = 50, init_scale: float = 2.0**16,
           optimizer_kwargs: dict | None = None) -> Run:

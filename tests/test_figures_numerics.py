@@ -42,11 +42,19 @@ def test_format_histogram_counts_every_gradient_by_its_fate():
     assert fig.axes[0].get_title().endswith(f"{flushed / len(grads):.0%} of gradients flush")
 
 
-def test_format_error_curve_stays_under_the_unit_roundoff_in_the_normal_range():
-    fig = figures.plot_format("bf16")
+def test_format_error_curve_is_the_largest_rounding_error_found_by_casting():
+    fig = figures.plot_format("fp16")
     x, err = fig.axes[0].get_lines()[0].get_data()
-    normal = (x > 1e-30) & (x < 1e30)
-    assert err[normal].max() <= 2.0**-8 and err[normal].max() > 2.0**-9
+    normal = (x >= 2.0**-14) & (x < 65504)
+    assert err[normal].max() <= 2.0**-11 and err[normal].min() > 2.0**-12  # between u/2 and u
+    assert np.all(err[x < 2.0**-25] == 1.0) and np.all(np.isnan(err[x > 65504]))
+    rng = np.random.default_rng(1)
+    for xi, e in zip(x[::37], err[::37], strict=True):  # cast values around xi: none errs by more
+        if np.isnan(e) or e == 1.0:
+            continue
+        near = (xi * (1 + rng.uniform(-0.01, 0.01, 2000))).astype(np.float32)
+        worst = np.max(np.abs(near.astype(np.float16).astype(np.float64) - near) / near)
+        assert worst <= e * 1.02 + 1e-12
 
 
 def test_accumulation_lines_are_the_median_errors():

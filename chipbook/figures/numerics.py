@@ -27,18 +27,18 @@ def _magnitude_axis(ax, lo: float, hi: float) -> None:
 
 @styled
 def plot_format(fmt_name: str, grads: np.ndarray | None = None, loss_scale: float = 1.0) -> Figure:
-    """Relative rounding error of ``fmt_name`` against magnitude (round to nearest), its smallest
+    """Largest relative rounding error of ``fmt_name`` against magnitude (round to nearest), its smallest
     subnormal, smallest normal and largest value, and, when ``grads`` is given, the histogram of
     those gradient magnitudes times ``loss_scale``, coloured by what the cast does to them."""
     f = numerics.get_format(fmt_name)
     lo, hi = 1e-14, 1e6
-    x = np.geomspace(lo, hi, 700)
-    with np.errstate(over="ignore", invalid="ignore"):
-        q = numerics.quantize(x, fmt_name)
-    err = np.where(np.isfinite(q), np.abs(q - x.astype(np.float32)) / x, np.nan)
-    err = np.where(err > 1, 1, err)  # flushed to zero: error 100%
+    x = np.geomspace(lo, hi, 400)
+    # the largest relative error of rounding a value near x: half the gap at x, over x; 100% where it
+    # flushes (below half the smallest subnormal); nothing past the largest value
+    err = np.where(x < f.min_subnormal / 2, 1.0, np.minimum(numerics.spacing(x, fmt_name) / (2 * x), 1.0))
+    err = np.where(x <= f.max, err, np.nan)
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    ax.plot(x, np.where(err > 0, err, 1e-9), color=PALETTE["black"], lw=1.2, label="relative rounding error")
+    ax.plot(x, err, color=PALETTE["black"], lw=1.6, label="largest relative rounding error")
     ax.axhline(f.epsilon / 2, color=PALETTE["black"], ls=":", lw=1,
                label=f"unit roundoff 2^-{f.mantissa_bits + 1}")
     for value, label in ((f.min_subnormal, "smallest subnormal"), (f.min_normal, "smallest normal"),
