@@ -93,5 +93,5 @@ def choice(name: str, value: Any, allowed: Iterable[Any]) -> Any:
     type, so that ``True`` is not taken for ``1`` nor ``"1"`` for ``1``."""
     options = list(allowed)
     if not any(type(value) is type(option) and value == option for option in options):
-        raise ValueError(f"{name} must be one of {', '.join(map(str, options))}; got {value!r}")
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}; got {value!r}")
     return value

@@ -86,3 +86,12 @@ def test_count_accepts_whole_numbers_only():
             _checks.count("n", bad)
     with pytest.raises(ValueError, match=r"^dpi must be a whole number >= 20, got 19"):
         _checks.count("dpi", 19, minimum=20)
+
+
+def test_choice_accepts_only_the_listed_values_and_names_them():
+    assert _checks.choice("fmt", "bf16", ("fp32", "bf16")) == "bf16"
+    for bad in ["BF16", "", None, 1, ["bf16"], True]:
+        with pytest.raises(ValueError, match=r"^fmt must be one of 'fp32', 'bf16'; got"):
+            _checks.choice("fmt", bad, ("fp32", "bf16"))
+    with pytest.raises(ValueError, match="must be one of 0, 1"):
+        _checks.choice("n", 1.0, (0, 1))  # 1.0 == 1, but it is not the whole number listed

@@ -269,9 +269,9 @@ def test_unknown_names_list_the_allowed_ones():
     with pytest.raises(ValueError, match="mixed-adam") as err:
         m.recipe("adam")
     assert all(name in str(err.value) for name in m.RECIPES)
-    with pytest.raises(ValueError, match="bf16, fp16"):
+    with pytest.raises(ValueError, match="'bf16', 'fp16'"):
         m.fmt_bytes("fp64")
-    with pytest.raises(ValueError, match="x must be one of a, b; got 'c'"):
+    with pytest.raises(ValueError, match="x must be one of 'a', 'b'; got 'c'"):
         _checks.choice("x", "c", ["a", "b"])
     with pytest.raises(ValueError, match="x must be one of"):
         _checks.choice("x", ["a"], ["a", "b"])  # unhashable values are refused, not crashed on
