@@ -3,7 +3,6 @@ compared with values computed here from the data and the formulas, not with the 
 
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
@@ -11,12 +10,6 @@ from chipbook import data, market
 from chipbook.figures import market as figures
 
 H100_PEAK = 989e12  # data/chips.csv, dense BF16
-
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
 
 
 @pytest.fixture(scope="module")

@@ -3,19 +3,12 @@ with values worked out here by hand from the formulas of the papers, not with th
 
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
 
 from chipbook import data
 from chipbook.figures import network as figures
-
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
 
 
 @pytest.fixture(scope="module")

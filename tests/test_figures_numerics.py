@@ -3,18 +3,11 @@ compared with values computed here, from the models or from first principles."""
 
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
 from chipbook import numerics as nm
 from chipbook.figures import numerics as figures
-
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
 
 
 @pytest.fixture(scope="module")
