@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 
 import ml_dtypes
 import numpy as np
+from numpy.typing import ArrayLike
 
 from chipbook import _checks
 
@@ -129,7 +130,7 @@ def _round_float32(x: np.ndarray, f: Format) -> np.ndarray:
     return np.where(np.isfinite(flat), out, flat).reshape(np.shape(x))
 
 
-def quantize(x, fmt: str, *, saturate: bool = False) -> np.ndarray:
+def quantize(x: ArrayLike, fmt: str, *, saturate: bool = False) -> np.ndarray:
     """Round ``x`` to the nearest value of format ``fmt`` (ties to even) and return it as float32.
 
     Overflow, with ``saturate=False``: fp32, tf32, bf16, fp16 and fp8_e5m2 round values beyond the
@@ -157,7 +158,7 @@ def quantize(x, fmt: str, *, saturate: bool = False) -> np.ndarray:
     return out
 
 
-def spacing(x, fmt: str) -> np.ndarray:
+def spacing(x: ArrayLike, fmt: str) -> np.ndarray:
     """Gap between the two values of ``fmt`` that enclose ``|x|`` (the unit in the last place at
     |x|), from the format's parameters: 2^(max(e, emin) − mantissa_bits) for |x| in [2^e, 2^(e+1))."""
     f = get_format(fmt)
@@ -168,7 +169,7 @@ def spacing(x, fmt: str) -> np.ndarray:
     return np.ldexp(1.0, np.maximum(e - 1, f.emin) - f.mantissa_bits)
 
 
-def quantize_stochastic(x, fmt: str, rng: np.random.Generator) -> np.ndarray:
+def quantize_stochastic(x: ArrayLike, fmt: str, rng: np.random.Generator) -> np.ndarray:
     """Stochastic rounding [gupta2015deep]: round ``x`` down or up to one of the two enclosing values
     of ``fmt`` with probability proportional to its distance from the other, so that the expected
     result is ``x``. Values beyond the range saturate to ±max; NaN and ±inf pass as they are."""
@@ -187,7 +188,8 @@ def quantize_stochastic(x, fmt: str, rng: np.random.Generator) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def quantize_scaled(x, fmt: str, scaling: str = "tensor", *, batch_dims: int = 0, block: int = MX_BLOCK):
+def quantize_scaled(x: ArrayLike, fmt: str, scaling: str = "tensor", *, batch_dims: int = 0,
+                    block: int = MX_BLOCK) -> np.ndarray:
     """Quantize ``x`` to ``fmt`` through a scale, and return the dequantized values (float32).
 
     ``scaling``: ``"none"`` (a plain saturating cast); ``"tensor"``: one float32 scale per tensor,
@@ -229,7 +231,7 @@ def quantize_scaled(x, fmt: str, scaling: str = "tensor", *, batch_dims: int = 0
     return quantize(x32 * scale, fmt, saturate=True) / scale
 
 
-def round_mantissa(x, bits: int, mode: str = "nearest") -> np.ndarray:
+def round_mantissa(x: ArrayLike, bits: int, mode: str = "nearest") -> np.ndarray:
     """Round float64 values to ``bits`` fraction bits (``bits`` + 1 significant bits) with an
     unbounded exponent: to nearest with ties to even, or towards zero (``mode="truncate"``)."""
     bits = _checks.count("bits", bits)
@@ -241,7 +243,8 @@ def round_mantissa(x, bits: int, mode: str = "nearest") -> np.ndarray:
     return np.ldexp(np.rint(scaled) if mode == "nearest" else np.trunc(scaled), e - bits - 1)
 
 
-def dot_accumulate(a, b, bits, promote_every=None, mode: str = "nearest", *, prefixes: bool = False):
+def dot_accumulate(a: ArrayLike, b: ArrayLike, bits: ArrayLike, promote_every: ArrayLike | None = None,
+                   mode: str = "nearest", *, prefixes: bool = False) -> np.ndarray:
     """Dot products along the last axis with a running sum rounded to ``bits`` fraction bits after
     every addition (the products themselves are exact, as those of FP8 or BF16 inputs are in fp32).
 
