@@ -141,8 +141,10 @@ def tier_bytes(chip: Mapping, tier: str) -> float:
 
 
 def tier_bandwidth(chip: Mapping, tier: str) -> float:
-    """Bandwidth in byte/s of one memory ``tier`` of ``chip``; 0 where not published."""
-    return _number(chip, _BANDWIDTH[_checks.choice("tier", tier, TIERS)]) * 1e9
+    """Bandwidth in byte/s of one memory ``tier`` of ``chip``; NaN where not published, so that a
+    time computed from it is NaN rather than a number."""
+    value = chip[_BANDWIDTH[_checks.choice("tier", tier, TIERS)]]
+    return math.nan if value is None or math.isnan(float(value)) else float(value) * 1e9
 
 
 def chips_needed(need_bytes: float, chip: Mapping, tiers: tuple[str, ...]) -> float:
