@@ -129,22 +129,22 @@ _BANDWIDTH = {"SRAM": "sram_bandwidth_gb_s", "HBM": "hbm_bandwidth_gb_s", "DDR":
 
 
 def _number(chip: Mapping, column: str) -> float:
+    """The cell ``column`` of a chip's row as a float; NaN where it is blank."""
     value = chip[column]
-    return 0.0 if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+    return math.nan if value is None else float(value)
 
 
 def tier_bytes(chip: Mapping, tier: str) -> float:
     """Capacity in bytes of one memory ``tier`` of ``chip`` (a row of data/chips.csv); 0 where the
     chip has no such tier or its size is not published."""
     column, scale = _CAPACITY[_checks.choice("tier", tier, TIERS)]
-    return _number(chip, column) * scale
+    return float(np.nan_to_num(_number(chip, column))) * scale
 
 
 def tier_bandwidth(chip: Mapping, tier: str) -> float:
     """Bandwidth in byte/s of one memory ``tier`` of ``chip``; NaN where not published, so that a
     time computed from it is NaN rather than a number."""
-    value = chip[_BANDWIDTH[_checks.choice("tier", tier, TIERS)]]
-    return math.nan if value is None or math.isnan(float(value)) else float(value) * 1e9
+    return _number(chip, _BANDWIDTH[_checks.choice("tier", tier, TIERS)]) * 1e9
 
 
 def chips_needed(need_bytes: float, chip: Mapping, tiers: tuple[str, ...]) -> float:
