@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from chipbook import _checks
 from chipbook import numerics as nm
 
 _BF16 = {"compute": "bf16", "grad": "bf16"}
@@ -89,7 +90,8 @@ COLUMNS = {"group": "text", "label": "text", "lr": "float", "seed": "int", "metr
 
 def lr_grid(start: float, stop: float, num: int) -> np.ndarray:
     """The learning rates of the sweep, geometrically spaced (float64)."""
-    return np.geomspace(start, stop, num)
+    start, stop = _checks.positive("start", start), _checks.positive("stop", stop)
+    return np.geomspace(start, stop, _checks.count("num", num))
 
 
 def learning_rates(lrs: list, shared: dict) -> list[float]:
