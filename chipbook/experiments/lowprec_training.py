@@ -172,10 +172,28 @@ def run_one(point: dict, shared: dict) -> list[dict]:
 # --- reading the result back ------------------------------------------------------------------------
 
 
-def _grid_of(rows: pd.DataFrame, lrs: np.ndarray, seeds: tuple[int, ...]) -> np.ndarray:
-    """The values of ``rows`` (one metric at one step of one run), shape (lrs, seeds)."""
-    value = dict(zip(zip(rows["lr"], rows["seed"], strict=True), rows["value"], strict=True))
-    return np.array([[value[(lr, s)] for s in seeds] for lr in lrs])
+def _rows_of(frame: pd.DataFrame, mask: pd.Series) -> pd.DataFrame:
+    """The rows of ``frame`` where ``mask`` holds, without the manifest in ``attrs`` (pandas would
+    deep-copy it on every later selection)."""
+    out = frame[mask]
+    out.attrs = {}
+    return out
+
+
+def _values(rows: pd.DataFrame) -> dict[tuple, float]:
+    """The values of ``rows`` (one run's) by (metric, step, lr, seed)."""
+    keys = zip(*(rows[c].tolist() for c in ("metric", "step", "lr", "seed")), strict=True)
+    return dict(zip(keys, rows["value"].tolist(), strict=True))
+
+
+def _axes(rows: pd.DataFrame) -> tuple[np.ndarray, tuple[int, ...]]:
+    """A run's learning rates, in the order its point gave them, and its seeds."""
+    return pd.unique(rows["lr"]), tuple(int(s) for s in pd.unique(rows["seed"]))
+
+
+def _grid_of(values: dict, metric: str, step: int, lrs, seeds) -> np.ndarray:
+    """One metric at one step of one run, shape (lrs, seeds)."""
+    return np.array([[values[(metric, step, lr, s)] for s in seeds] for lr in lrs])
 
 
 def runs(frame: pd.DataFrame, group: str) -> dict[str, nm.Run]:
@@ -183,37 +201,35 @@ def runs(frame: pd.DataFrame, group: str) -> dict[str, nm.Run]:
     holding what the table keeps: loss curves, test accuracy, flushed share, skipped steps, and the
     loss scale of the last step only (``loss_scale`` has one row); no weights (``params`` is empty).
     Learning rates keep the order the point gave them in."""
-    rows = frame[frame["group"] == group]
+    rows = _rows_of(frame, frame["group"] == group)
     if rows.empty:
         raise ValueError(f"group must be one of {sorted(frame['group'].unique())}, got {group!r}")
     out = {}
-    for label in pd.unique(rows["label"]):
-        r = rows[rows["label"] == label]
-        lrs, seeds = pd.unique(r["lr"]), tuple(int(s) for s in pd.unique(r["seed"]))
-        by_metric = {m: r[r["metric"] == m]
-                     for m in ("loss", "test_accuracy", "flushed", "skipped", "loss_scale")}
-        loss = by_metric["loss"]
-        steps = pd.unique(loss["step"])
+    for label, r in rows.groupby("label", sort=False):
+        lrs, seeds = _axes(r)
+        values = _values(r)
+        steps = pd.unique(r.loc[r["metric"] == "loss", "step"])
+        end = int(r.loc[r["metric"] == "test_accuracy", "step"].iloc[0])
         out[label] = nm.Run(
             lrs=np.asarray(lrs, dtype=np.float64), seeds=seeds, eval_steps=np.asarray(steps),
-            loss=np.stack([_grid_of(loss[loss["step"] == s], lrs, seeds) for s in steps]),
-            test_accuracy=_grid_of(by_metric["test_accuracy"], lrs, seeds),
-            flushed=_grid_of(by_metric["flushed"], lrs, seeds),
-            skipped=_grid_of(by_metric["skipped"], lrs, seeds).astype(int), params=[],
+            loss=np.stack([_grid_of(values, "loss", s, lrs, seeds) for s in steps]),
+            test_accuracy=_grid_of(values, "test_accuracy", end, lrs, seeds),
+            flushed=_grid_of(values, "flushed", end, lrs, seeds),
+            skipped=_grid_of(values, "skipped", end, lrs, seeds).astype(int), params=[],
             grad_sample=np.empty(0),
-            loss_scale=_grid_of(by_metric["loss_scale"], lrs, seeds).reshape(1, -1))
+            loss_scale=_grid_of(values, "loss_scale", end - 1, lrs, seeds).reshape(1, -1))
     return out
 
 
 def metric(frame: pd.DataFrame, group: str, name: str) -> dict[str, np.ndarray]:
     """The values of metric ``name`` (such as ``"drift"`` or ``"served: int8"``) of each run of
     ``group`` that has it, by label, shape (lrs, seeds)."""
-    rows = frame[(frame["group"] == group) & (frame["metric"] == name)]
+    rows = _rows_of(frame, (frame["group"] == group) & (frame["metric"] == name))
     if rows.empty:
         raise ValueError(f"no metric {name!r} in group {group!r}; metrics there: "
                          f"{sorted(frame.loc[frame['group'] == group, 'metric'].unique())}")
     out = {}
-    for label in pd.unique(rows["label"]):
-        r = rows[rows["label"] == label]
-        out[label] = _grid_of(r, pd.unique(r["lr"]), tuple(int(s) for s in pd.unique(r["seed"])))
+    for label, r in rows.groupby("label", sort=False):
+        lrs, seeds = _axes(r)
+        out[label] = _grid_of(_values(r), name, int(r["step"].iloc[0]), lrs, seeds)
     return out
