@@ -172,14 +172,6 @@ def run_one(point: dict, shared: dict) -> list[dict]:
 # --- reading the result back ------------------------------------------------------------------------
 
 
-def _rows_of(frame: pd.DataFrame, mask: pd.Series) -> pd.DataFrame:
-    """The rows of ``frame`` where ``mask`` holds, without the manifest in ``attrs`` (pandas would
-    deep-copy it on every later selection)."""
-    out = frame[mask]
-    out.attrs = {}
-    return out
-
-
 def _values(rows: pd.DataFrame) -> dict[tuple, float]:
     """The values of ``rows`` (one run's) by (metric, step, lr, seed)."""
     keys = zip(*(rows[c].tolist() for c in ("metric", "step", "lr", "seed")), strict=True)
@@ -201,7 +193,7 @@ def runs(frame: pd.DataFrame, group: str) -> dict[str, nm.Run]:
     holding what the table keeps: loss curves, test accuracy, flushed share, skipped steps, and the
     loss scale of the last step only (``loss_scale`` has one row); no weights (``params`` is empty).
     Learning rates keep the order the point gave them in."""
-    rows = _rows_of(frame, frame["group"] == group)
+    rows = frame[frame["group"] == group]
     if rows.empty:
         raise ValueError(f"group must be one of {sorted(frame['group'].unique())}, got {group!r}")
     out = {}
@@ -224,7 +216,7 @@ def runs(frame: pd.DataFrame, group: str) -> dict[str, nm.Run]:
 def metric(frame: pd.DataFrame, group: str, name: str) -> dict[str, np.ndarray]:
     """The values of metric ``name`` (such as ``"drift"`` or ``"served: int8"``) of each run of
     ``group`` that has it, by label, shape (lrs, seeds)."""
-    rows = _rows_of(frame, (frame["group"] == group) & (frame["metric"] == name))
+    rows = frame[(frame["group"] == group) & (frame["metric"] == name)]
     if rows.empty:
         raise ValueError(f"no metric {name!r} in group {group!r}; metrics there: "
                          f"{sorted(frame.loc[frame['group'] == group, 'metric'].unique())}")
