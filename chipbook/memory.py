@@ -465,17 +465,20 @@ def infer(weights: list[np.ndarray], x: np.ndarray) -> np.ndarray:
     return _forward(weights, x, keep=False)[0]
 
 
-def peak_bytes(depth: int, width: int, batch: int, *, training: bool, seed: int = 0) -> int:
+def peak_bytes(depth: int, width: int, batch: int, *, training: bool, seed: int = 0,
+               resolution: int = 32 * KIB) -> int:
     """Peak bytes that tracemalloc sees allocated while a seeded MLP trains one Adam step (or runs
     one forward pass), counting everything the step needs: the weights, Adam's moments, the input
     (and the target), the kept activations, the gradients and the temporaries. The step is run
     twice and the second is measured (the first also allocates numpy's one-off internals and, for
-    Adam, takes the first step). Rounded to whole KiB: tracemalloc also counts Python's own small
-    objects, a few dozen bytes that vary from process to process, while numpy's buffers are tens
-    of KiB."""
+    Adam, takes the first step). Rounded to whole multiples of ``resolution`` bytes: tracemalloc
+    also counts Python's own objects (lists, tuples, array headers), a few KiB of which a few
+    hundred bytes vary from run to run and process to process, while numpy's buffers in the
+    chapter's runs are whole multiples of 32 KiB."""
     depth = _checks.count("depth", depth)
     width = _checks.count("width", width)
     batch = _checks.count("batch", batch)
+    resolution = _checks.count("resolution", resolution)
     started = tracemalloc.is_tracing()
     if not started:
         tracemalloc.start()
@@ -494,7 +497,7 @@ def peak_bytes(depth: int, width: int, batch: int, *, training: bool, seed: int 
             else:
                 infer(weights, x)
             peak = tracemalloc.get_traced_memory()[1] - base
-        return KIB * round(peak / KIB)
+        return resolution * round(peak / resolution)
     finally:
         if not started:
             tracemalloc.stop()

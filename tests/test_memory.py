@@ -449,3 +449,35 @@ def test_unknown_names_list_the_allowed_ones():
         _checks.choice("x", "c", ["a", "b"])
     with pytest.raises(ValueError, match="x must be one of"):
         _checks.choice("x", ["a"], ["a", "b"])  # unhashable values are refused, not crashed on
+
+
+# --- the chapter's own data files ---------------------------------------------------------------------
+
+
+def test_model_architecture_rows_match_models_csv():
+    models = data.load("models").set_index("model")
+    arch = data.load("model_architecture").set_index("model")
+    assert set(arch.index) <= set(models.index)
+    dense = arch[arch.routed_experts.isna()]
+    assert (dense.dense_layers == models.loc[dense.index, "layers"]).all()  # every layer dense
+    moe = arch.dropna(subset=["routed_experts"])
+    assert (moe.dense_layers < models.loc[moe.index, "layers"]).all()
+    assert (moe.active_experts < moe.routed_experts).all()
+    # Llama 3 paper, Table 3: FFN widths 14,336 / 28,672 / 53,248
+    llama3 = ["Llama 3.1 8B", "Llama 3.1 70B", "Llama 3.1 405B"]
+    assert list(arch.loc[llama3, "ffn_hidden"]) == [14336, 28672, 53248]
+
+
+def test_decode_speeds_state_a_speed_or_a_latency_not_both():
+    speeds = data.load("decode_speeds")
+    stated = speeds.tokens_per_s_per_user.notna().astype(int) + speeds.inter_token_us.notna().astype(int)
+    assert (stated == 1).all()
+    assert set(speeds.basis) <= {"vendor claim", "vendor measurement"}
+
+
+def test_unrounded_peak_exceeds_the_model_only_by_pythons_own_objects():
+    m.peak_bytes(2, 128, 64, training=True)
+    for training in (True, False):
+        raw = m.peak_bytes(4, 128, 64, training=training, resolution=1)
+        model = sum(m.mlp_model_bytes(4, 128, 64, training=training).values())
+        assert 0 <= raw - model < 16 * 1024  # lists, tuples and array headers: a few KiB
