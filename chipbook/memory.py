@@ -137,7 +137,8 @@ def llama_activation_bytes(seq: int, batch: int, hidden: int, heads: int, kv_hea
     the two RMSNorm inputs and outputs (4·h values), the query (h), the keys and values
     (2·h·kv_heads/heads: grouped-query attention), FlashAttention's output, which is also the output
     projection's input (h) [dao2022flashattention], and SwiGLU's gate and up projections and their
-    product, the down projection's input (3·ffn), all 2 bytes; plus one fp32 softmax statistic per
+    product, the down projection's input (3·ffn, as a fused SwiGLU kernel keeps them; unfused
+    autograd also keeps the SiLU's output), all 2 bytes; plus one fp32 softmax statistic per
     head (4·heads bytes). No dropout, no s×s tensor. Full recomputation keeps only each layer's
     input, 2·h bytes per token. Every term divides by t (sequence parallelism shards the norms)."""
     s = _checks.count("seq", seq)
