@@ -306,7 +306,8 @@ def decode_intensity(params: float, bytes_per_param: float, batch: float,
     """FLOP per byte read of one decode step of ``batch`` sequences: 2·N·B FLOP over the weights
     (N·b bytes) and each sequence's KV cache (B·M_KV bytes), 2NB / (Nb + B·M_KV). It grows with B
     towards 2N/M_KV, so with a KV cache decode may never reach a chip's ridge point. Attention's
-    own FLOP (about 4 per cached value) are left out: they do not change the bound's order."""
+    own FLOP over the cache (2 per cached value for each query head that reads it) are left out:
+    they raise the intensity a little, not its order."""
     params = _checks.positive("params", params)
     b = _checks.positive("bytes_per_param", bytes_per_param)
     batch = _checks.positive("batch", batch)
