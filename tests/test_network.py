@@ -6,6 +6,7 @@ direct (unsplit) computation of the pipelined and tensor-parallel layers, and ha
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -509,3 +510,44 @@ def test_deepseek_v3_expert_traffic_is_about_ten_megabytes_a_token():
     # 58 MoE layers (61 minus 3 dense), 8 routed experts, d 7168, FP8 out and BF16 back
     assert net.expert_parallel_bytes_per_token(7168, 8, 58) == 58 * 8 * 7168 * 3
     assert 9.5e6 < net.expert_parallel_bytes_per_token(7168, 8, 58) < 10.5e6
+
+
+# --- the chapter's data rows ----------------------------------------------------------------------------
+
+
+def test_link_rows_are_consistent():
+    from chipbook import data
+
+    links = data.load("links")
+    keys = data.bib_keys()
+    assert set(links["fabric"]) <= {"switched", "reducing", "torus", "direct", "host"}
+    assert set(links["latency_source"].dropna()) <= keys
+    # a latency from NCCL's model is labelled as such, and an assumption is not given a source
+    vendor_model = links.latency_basis == "vendor model"
+    assert (links.loc[vendor_model, "latency_source"] == "nvidia2026nccltuning").all()
+    # direct-connect fabrics have a link count, so that a peer's share of the bandwidth is known
+    direct = links[(links.fabric == "direct") & links.gb_s_per_direction.notna()]
+    assert direct.links_per_chip.notna().all()
+    pcie = links.set_index("link").loc["PCIe Gen5 x16"]
+    assert pcie.gb_s_per_direction == 63 and pcie.fabric == "host"  # 32 GT/s × 16 × 128/130 / 8
+
+
+def test_layouts_multiply_to_the_gpu_count():
+    from chipbook import data
+
+    runs = data.load("training_utilisation").dropna(subset=["tp"])
+    assert len(runs) == 3
+    for _, run in runs.iterrows():
+        gpus = int(run.hardware.rsplit("x", 1)[1])
+        assert run.tp * run.cp * run.pp * run.dp == gpus, run.run
+        # the global batch: sequences per data-parallel group (the note) × dp × sequence length
+        per_group = int(re.search(r"(\d+) sequences per data-parallel group", run.note).group(1))
+        assert per_group * run.dp * run.seq_len == run.tokens_per_step, run.run
+
+
+def test_collective_latency_rows():
+    from chipbook import data
+
+    rows = data.load("collective_latency")
+    assert set(rows.algorithm) - {"not stated"} <= set(net.ALGORITHMS)
+    assert (rows.time_us > 0).all() and set(rows.cuda_graphs) <= {"yes", "no"}
