@@ -549,12 +549,15 @@ def allreduce_time(nbytes: float, ranks: int, bandwidth: float, latency: float,
     algorithm = _checks.choice("algorithm", algorithm, ALGORITHMS)
     if n == 1 or nbytes == 0:
         return 0.0
-    rounds, volume = _alpha_beta_terms(n, algorithm)
+    rounds, volume = alpha_beta_terms(n, algorithm)
     return overhead + rounds * latency + volume * nbytes / bandwidth
 
 
-def _alpha_beta_terms(n: int, algorithm: str) -> tuple[float, float]:
-    """(rounds, bytes on the busiest link in units of S) of each algorithm, for n > 1 ranks."""
+def alpha_beta_terms(n: int, algorithm: str) -> tuple[float, float]:
+    """The rounds, and the bytes on the busiest link in units of S, of :func:`allreduce_time`'s
+    ``algorithm`` on n > 1 ranks: its time is overhead + rounds·α + bytes·S/B."""
+    n = _checks.count("n", n, minimum=2)
+    algorithm = _checks.choice("algorithm", algorithm, ALGORITHMS)
     if algorithm == "ring":
         return 2 * (n - 1), 2 * (n - 1) / n
     if algorithm == "tree":
@@ -742,6 +745,18 @@ class TierTraffic:
         """Bandwidth (bytes/s per direction) at which ``kind``'s bytes take as long as the compute."""
         kind = _checks.choice("kind", kind, ("tensor", "pipeline", "data"))
         return getattr(self, kind) / self.compute
+
+    def efficiency(self, *, tensor_bandwidth: float, pipeline_bandwidth: float, data_bandwidth: float,
+                   overlap: float) -> float:
+        """Fraction of the step spent computing, bandwidth terms only: the tensor-parallel
+        all-reduces and the pipeline sends sit on the critical path (each waits for the layer before
+        it), while the gradient's all-reduce can hide behind ``overlap`` of the compute
+        (:meth:`Step.efficiency_at`)."""
+        exposed = (self.tensor / _checks.positive("tensor_bandwidth", tensor_bandwidth)
+                   + self.pipeline / _checks.positive("pipeline_bandwidth", pipeline_bandwidth))
+        data = self.data / _checks.positive("data_bandwidth", data_bandwidth)
+        step = Step(compute=self.compute, allreduce=data)
+        return self.compute / (self.compute / step.efficiency_at(overlap) + exposed)
 
 
 def layout_traffic(params: float, layers: int, d_model: float, tokens_per_step: float, layout: Layout, *,

@@ -551,3 +551,11 @@ def test_collective_latency_rows():
     rows = data.load("collective_latency")
     assert set(rows.algorithm) - {"not stated"} <= set(net.ALGORITHMS)
     assert (rows.time_us > 0).all() and set(rows.cuda_graphs) <= {"yes", "no"}
+
+
+def test_layout_efficiency_by_hand():
+    tiers = net.TierTraffic(compute=4.0, tensor=100.0, pipeline=10.0, data=60.0)
+    # tensor 100/100 = 1 s and pipeline 10/10 = 1 s exposed; data 60/20 = 3 s, 2 s hidden at overlap 0.5
+    eff = tiers.efficiency(tensor_bandwidth=100, pipeline_bandwidth=10, data_bandwidth=20, overlap=0.5)
+    assert eff == pytest.approx(4 / (4 + 1 + 1 + 1))
+    assert tiers.break_even("tensor") == 25.0
