@@ -260,7 +260,8 @@ def one_shot_allreduce(buffers) -> Traffic:
 def two_shot_allreduce(buffers) -> Traffic:
     """All-reduce (sum) in two rounds: a direct reduce-scatter (rank c receives chunk c of every
     buffer and adds them) then a direct all-gather (rank c sends its finished chunk to every other)
-    [nvidia2024multishot]. Each rank sends 2(n−1)/n·S bytes, like the ring, in 2 rounds, not 2(n−1)."""
+    [nvidia2024multishot]; NVIDIA's MultiShot multicasts the all-gather from the switch instead,
+    which this does not model. Each rank sends 2(n−1)/n·S bytes, like the ring, in 2 rounds, not 2(n−1)."""
     data = _buffers(buffers)
     n, size = data.shape
     rec = _Recorder(n)
@@ -778,7 +779,8 @@ def layout_traffic(params: float, layers: int, d_model: float, tokens_per_step: 
       sharded weights, gathered again for the backward pass) sends 1.5 times that
       [rajbhandari2020zero].
 
-    Context parallelism's key/value exchanges are not modelled: ``layout.cp`` must be 1.
+    Context parallelism's key/value exchanges are not modelled (``layout.cp`` must be 1), nor are
+    the forward all-reduces that activation recomputation repeats in the backward pass.
     """
     params = _checks.positive("params", params)
     layers = _checks.count("layers", layers)
