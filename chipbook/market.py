@@ -285,6 +285,18 @@ def served_tokens_for_ratio(target: float, params: float, train_tokens: float, *
     return target / spend_ratio(1.0, params, train_tokens, **spend)
 
 
+def inference_shaped_share(hours_ratio: float, rollout_share: float):
+    """Share of all accelerator-hours that runs inference-shaped work (forward passes that generate
+    tokens) when serving takes ``hours_ratio`` times the training hours and the fraction
+    ``rollout_share`` of the training hours is reinforcement-learning rollouts, which generate
+    tokens as serving does: (ratio + rollout_share) / (ratio + 1)."""
+    ratio = _checks.non_negative("hours_ratio", hours_ratio)
+    f = _checks.non_negative("rollout_share", rollout_share)
+    if np.any(np.asarray(f) > 1):
+        raise ValueError(f"rollout_share must be in [0, 1], got {rollout_share!r}")
+    return (ratio + f) / (ratio + 1.0)
+
+
 def inference_share(ratio: float) -> float:
     """Share of the total that goes to inference when inference is ``ratio`` times training."""
     ratio = _checks.non_negative("ratio", ratio)

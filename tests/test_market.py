@@ -362,6 +362,14 @@ def test_served_tokens_for_ratio_ten():
                                      serve_utilisation=0.5) == pytest.approx(30 * 1.56e13, rel=1e-12)
 
 
+def test_inference_shaped_share_by_counting_hours():
+    # 100 training hours of which 30 are rollouts, 150 serving hours: 180 of 250 generate tokens
+    assert m.inference_shaped_share(1.5, 0.3) == pytest.approx(180 / 250, rel=1e-15)
+    assert m.inference_shaped_share(1.5, 0.0) == pytest.approx(m.inference_share(1.5), rel=1e-15)
+    with pytest.raises(ValueError, match="rollout_share"):
+        m.inference_shaped_share(1.0, 1.5)
+
+
 def test_inference_share():
     for ratio, share in [(0, 0.0), (1, 0.5), (9, 0.9), (1.5, 0.6), (0.25, 0.2)]:
         assert m.inference_share(ratio) == pytest.approx(share, rel=1e-15, abs=0)
