@@ -230,19 +230,22 @@ def crossover_days(
     *,
     train_utilisation: float = 1.0,
     serve_utilisation: float = 1.0,
+    train_overhead: float = 1.0,
 ) -> float:
     """Days of serving ``tokens_per_day`` after which cumulative inference equals training.
 
     With both utilisations 1 this compares FLOP (3·D / T per day); with measured utilisations it
     compares accelerator-hours on the same chips: serving at a lower utilisation than training
-    crosses over sooner by the factor train_utilisation / serve_utilisation.
+    crosses over sooner by the factor train_utilisation / serve_utilisation. ``train_overhead``
+    (≥ 1) multiplies the final run to count the research compute behind it.
     """
     params = _checks.positive("params", params)  # it cancels, but None must not pass silently
     tokens_per_day = _checks.positive("tokens_per_day", tokens_per_day)
     train_utilisation = _checks.fraction("train_utilisation", train_utilisation)
     serve_utilisation = _checks.fraction("serve_utilisation", serve_utilisation)
+    train_overhead = _overhead(train_overhead)
     flop_days = breakeven_tokens(train_tokens, params) / tokens_per_day
-    return flop_days * serve_utilisation / train_utilisation
+    return train_overhead * flop_days * serve_utilisation / train_utilisation
 
 
 def spend_ratio(

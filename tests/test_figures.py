@@ -44,6 +44,15 @@ def test_crossover_is_marked_where_the_drawn_lines_meet():
     assert "H100-hours" in ax.get_ylabel()
 
 
+def test_crossover_with_research_overhead_moves_the_training_line():
+    n, d, per_day, u_train, u_serve, o = 2.2e10, 3.6e13, 1e11, 0.35, 0.37, 3.3
+    fig = figures.plot_crossover(n, d, per_day, u_serve, train_utilisation=u_train, peak_flop_s=H100_PEAK,
+                                 chip="H100", train_overhead=o)
+    training = fig.axes[0].get_lines()[0]
+    assert training.get_ydata()[0] == pytest.approx(o * 6 * n * d / (H100_PEAK * u_train) / 3600)
+    assert "research" in training.get_label()
+
+
 def test_crossover_beyond_the_axis_is_said_in_years():
     fig = figures.plot_crossover(4.05e11, 1.56e13, 1e8, 0.2, train_utilisation=0.41, peak_flop_s=H100_PEAK,
                                  chip="H100")

@@ -324,6 +324,14 @@ def test_crossover_days_by_day_by_day_simulation(n, d, per_day, u_train, u_serve
         served_hours += serve_hours_per_day
     closed = m.crossover_days(n, d, per_day, train_utilisation=u_train, serve_utilisation=u_serve)
     assert day - 1 <= closed <= day  # the first whole day by which inference has caught up
+    # with research behind the final run, the training hours to catch up are o times larger
+    day, served_hours = 0, 0.0
+    while served_hours < 3.3 * train_hours:
+        day += 1
+        served_hours += serve_hours_per_day
+    closed = m.crossover_days(n, d, per_day, train_utilisation=u_train, serve_utilisation=u_serve,
+                              train_overhead=3.3)
+    assert day - 1 <= closed <= day
 
 
 # --- spend ratio ------------------------------------------------------------------------------------

@@ -71,22 +71,26 @@ def plot_crossover(
     peak_flop_s: float,
     chip: str,
     name: str = "",
+    train_overhead: float = 1.0,
     days: float = 3 * 365,
 ) -> Figure:
-    """Cumulative accelerator-hours of training (paid before launch) and of serving
-    ``tokens_per_day`` tokens a day, on ``chip``s of peak ``peak_flop_s``; the crossing is marked.
+    """Cumulative accelerator-hours of training (paid before launch; times ``train_overhead`` for
+    the research behind the final run) and of serving ``tokens_per_day`` tokens a day, on
+    ``chip``s of peak ``peak_flop_s``; the crossing is marked.
 
     The dotted line is serving at the training utilisation: the FLOP-for-FLOP comparison.
     """
     t = np.geomspace(1, days, 200)
-    train = market.gpu_hours(market.training_flops(params, train_tokens), peak_flop_s, train_utilisation)
+    train = train_overhead * market.gpu_hours(market.training_flops(params, train_tokens), peak_flop_s,
+                                              train_utilisation)
     per_day = market.gpu_hours(market.inference_flops(params, tokens_per_day), peak_flop_s, serve_utilisation)
     flop_per_day = per_day * serve_utilisation / train_utilisation
-    cross = market.crossover_days(params, train_tokens, tokens_per_day,
-                                  train_utilisation=train_utilisation, serve_utilisation=serve_utilisation)
+    cross = market.crossover_days(params, train_tokens, tokens_per_day, train_utilisation=train_utilisation,
+                                  serve_utilisation=serve_utilisation, train_overhead=train_overhead)
 
     fig, ax = plt.subplots()
-    ax.axhline(train, color=TRAIN, label=f"training: {_si(train)} {chip}-hours")
+    what = "training" if train_overhead == 1 else f"training and research ({fmt.num(train_overhead, 2)}×)"
+    ax.axhline(train, color=TRAIN, label=f"{what}: {_si(train)} {chip}-hours")
     ax.plot(t, per_day * t, color=SERVE, label=f"serving at {serve_utilisation:.0%} utilisation")
     ax.plot(t, flop_per_day * t, color=SERVE, ls=":",
             label=f"serving at {train_utilisation:.0%} (FLOP parity)")
