@@ -11,6 +11,12 @@ Sources of the formulas:
   ``4·layers·d_attn·context`` forward. Over a causal sequence of length T the mean context is
   (T+1)/2, which gives Kaplan et al.'s ``2·n_layer·n_ctx·d_attn``; counting the full T, as PaLM's
   utilisation accounting does [chowdhery2022palm], gives ``12·L·H·Q·T`` for training.
+* Serving has two phases [deepseekai2025inference]: prefill reads the prompt in large matrix
+  products; decode generates one token per sequence per step and is bound by memory bandwidth
+  (the roofline of [pope2022efficiently]); both do 2·N FLOP a token, so their hours add.
+* A mixture-of-experts decode step reads every expert some token of the batch is routed to.
+* Research compute behind final runs [epoch2026finalruns] enters as an overhead on training.
+* Joint uncertainty: first-order variance shares of [saltelli2008global].
 """
 
 from __future__ import annotations
