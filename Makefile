@@ -10,7 +10,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb)) $(wildcard book/*.ipynb)
 LINTED := chipbook tests scripts notebooks book
 JB_FLAGS := --all -W -n --keep-going
 
-.PHONY: help venv book test lint unit nbval html-build browser lab notebooks bench clean
+.PHONY: help venv book test lint unit nbval nbval-simd html-build browser lab test-lab notebooks bench clean
 
 help:
 	@echo "make book       build the HTML into _build/html"
@@ -31,8 +31,9 @@ book: $(STAMP)
 	$(BIN)/jupyter-book build . $(JB_FLAGS)
 	@echo "Open _build/html/index.html in a browser."
 
-# What CI runs: lint, unit and data tests, strict nbval, the strict HTML build, browser tests.
-test: lint unit nbval html-build browser
+# What CI runs: lint, unit and data tests, strict nbval (twice: at this CPU's SIMD level and a lower
+# one), the strict HTML build, browser tests. `.ci/run` adds `make test-lab`.
+test: lint unit nbval nbval-simd html-build browser
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINTED)
@@ -42,9 +43,16 @@ unit: $(STAMP)
 
 # Each notebook runs in its own kernel, two notebooks at a time (--dist loadscope keeps a notebook's
 # cells together on one worker, in order).
+NBVAL := $(BIN)/python -m pytest --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider \
+	-n 2 --dist loadscope
+
 nbval: $(STAMP)
-	$(BIN)/python -m pytest --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg \
-		-p no:cacheprovider -n 2 --dist loadscope notebooks book
+	$(NBVAL) notebooks book
+
+# The guard that keeps the outputs independent of the CPU: the chapters once more, with numpy (and
+# OpenBLAS) switched to a lower SIMD level than this machine's best (scripts/lower_simd.py).
+nbval-simd: $(STAMP)
+	env $$($(BIN)/python scripts/lower_simd.py) $(NBVAL) notebooks
 
 html-build: book
 
