@@ -21,13 +21,16 @@ from playwright.sync_api import Browser, ConsoleMessage, Locator, Page, expect, 
 
 from tests.browser_support import (
     CHROMIUM_HELP,
+    MIN_TRACK_PX,
     NOTEBOOK_FOLDERS,
+    VIEWPORTS,
     Control,
     Frame,
     controls,
     explorable_views,
     explorables,
     find_chromium,
+    geometry,
     has_math,
     has_widgets,
     html_pages,
@@ -95,6 +98,14 @@ def chromium() -> Iterator[Browser]:
 def page(chromium: Browser) -> Iterator[Page]:
     """A page in a fresh browser context (no cache or storage shared between tests)."""
     context = chromium.new_context()
+    yield context.new_page()
+    context.close()
+
+
+@pytest.fixture(params=list(VIEWPORTS))
+def screen_page(request: pytest.FixtureRequest, chromium: Browser) -> Iterator[Page]:
+    """A page in a fresh browser context on each screen of VIEWPORTS: a laptop and a phone."""
+    context = chromium.new_context(**VIEWPORTS[request.param])
     yield context.new_page()
     context.close()
 
@@ -188,12 +199,12 @@ def _check_sweep(explorable: Locator, control: Control, first: Frame, where: str
 
 
 @pytest.mark.parametrize("path", EXPLORABLE_PAGES)
-def test_every_control_changes_the_frame(base_url: str, page: Page, path: str) -> None:
-    """Each control, moved through its values while the others stay at their first, shows a new frame
-    at every step and the first frame again when moved back."""
-    open_page(page, base_url + path)
-    install_frame_helpers(page)
-    drawn = explorables(page)
+def test_every_control_changes_the_frame(base_url: str, screen_page: Page, path: str) -> None:
+    """On a laptop and on a phone, each control, moved through its values while the others stay at
+    their first, shows a new frame at every step and the first frame again when moved back."""
+    open_page(screen_page, base_url + path)
+    install_frame_helpers(screen_page)
+    drawn = explorables(screen_page)
     assert len(drawn) == explorable_views(HTML[path]), f"{path}: not every explorable was drawn"
     for number, explorable in enumerate(drawn, 1):
         reveal(explorable)
@@ -203,6 +214,25 @@ def test_every_control_changes_the_frame(base_url: str, page: Page, path: str) -
         assert first.hash, f"{path}, explorable {number} shows {_describe(first)} at first"
         for which, control in enumerate(found, 1):
             _check_sweep(explorable, control, first, f"{path}, explorable {number}, control {which}")
+
+
+@pytest.mark.parametrize("path", EXPLORABLE_PAGES)
+def test_explorables_fit_the_screen(base_url: str, screen_page: Page, path: str) -> None:
+    """On a laptop and on a phone, every slider's track is wide enough to move its thumb, every
+    frame lies within the page's width, and the page does not scroll sideways."""
+    open_page(screen_page, base_url + path)
+    for number, explorable in enumerate(explorables(screen_page), 1):
+        reveal(explorable)
+        where = f"{path}, explorable {number}"
+        shown = geometry(explorable)
+        assert shown.tracks or explorable.locator(".widget-toggle-buttons").count(), f"{where} has no control"
+        narrow = [round(width) for width in shown.tracks if width < MIN_TRACK_PX]
+        assert not narrow, f"{where}: slider tracks narrower than {MIN_TRACK_PX} px: {narrow}"
+        assert shown.frames, f"{where} shows no frame"
+        outside = [edges for edges in shown.frames if edges[0] < 0 or edges[1] > shown.client_width + 0.5]
+        assert not outside, f"{where}: frames beyond the page's {shown.client_width} px: {outside}"
+        assert shown.scroll_width <= shown.client_width, (
+            f"{path} scrolls sideways: {shown.scroll_width} px of content in {shown.client_width} px")
 
 
 # --- notebook downloads ---------------------------------------------------------------------------
