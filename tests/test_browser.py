@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,9 +241,10 @@ def test_explorables_fit_the_screen(base_url: str, screen_page: Page, path: str)
 
 
 @pytest.mark.parametrize("source", NOTEBOOK_SOURCES)
-def test_notebook_pages_offer_their_notebook(base_url: str, page: Page, source: str) -> None:
+def test_notebook_pages_offer_their_notebook(base_url: str, page: Page, source: str, tmp_path: Path) -> None:
     """The page's download menu (sphinx-book-theme's button) links to its notebook, which downloads
-    as an nbformat 4 notebook with the cells of the repository's copy."""
+    as an nbformat 4 notebook: first a cell that says how to get the book's package, then the cells of
+    the repository's copy."""
     open_page(page, base_url + source.removesuffix(".ipynb") + ".html")
     page.locator(".dropdown-download-buttons > button").click()
     link = page.locator('.dropdown-download-buttons a[href$=".ipynb"]')
@@ -251,5 +254,20 @@ def test_notebook_pages_offer_their_notebook(base_url: str, page: Page, source: 
     downloaded = json.loads(response.text())
     committed = json.loads((REPO / source).read_text(encoding="utf-8"))
     assert downloaded["nbformat"] == 4, f"the download of {source} is not an nbformat 4 notebook"
-    assert len(downloaded["cells"]) == len(committed["cells"]), (
-        f"the download of {source} has another cell count than the repository's notebook")
+    hint, *cells = downloaded["cells"]
+    sources = ["".join(cell["source"]) for cell in cells]
+    assert sources == ["".join(cell["source"]) for cell in committed["cells"]], (
+        f"the download of {source} does not hold the repository notebook's cells after its first")
+    _check_download_hint("".join(hint["source"]), source, tmp_path)
+
+
+def _check_download_hint(code: str, source: str, folder: Path) -> None:
+    """The downloaded notebook's first cell says how to get the package, and run where the package
+    is missing (a bare Python, outside the repository), it fails with that message."""
+    for words in ("chipbook", "make lab", "pip install -e ."):
+        assert words in code, f"the first cell of the download of {source} does not mention {words!r}"
+    bare = subprocess.run([sys.executable, "-S", "-c", code], cwd=folder, capture_output=True, text=True,
+                          check=False)
+    assert bare.returncode != 0, f"the first cell of the download of {source} ran without chipbook"
+    assert "ModuleNotFoundError" in bare.stderr and "make lab" in bare.stderr, (
+        f"without chipbook, the first cell of the download of {source} fails with: {bare.stderr[-500:]}")

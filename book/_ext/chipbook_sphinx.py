@@ -5,6 +5,11 @@ THEBE_JS_URL`` (an address on unpkg.com) into the page, twice on most pages, so 
 "Identifier has already been declared". The book offers no live kernel on its pages (readers run the
 notebooks in JupyterLab), so this extension removes sphinx-thebe's scripts from every page.
 
+A notebook downloaded from a page (the download button serves the copy under ``_sources``) runs
+outside the repository, where ``from chipbook import …`` fails with a bare ModuleNotFoundError. So the
+downloaded copy starts with one more cell, which says how to get the package (DOWNLOAD_HINT) and
+raises that as the error when the package is missing.
+
 It also writes the site's root ``index.html``, which sends a visitor to the first page. The redirect
 that sphinx-external-toc writes is a bare ``<meta>`` tag with no icon, so the browser asks for
 ``/favicon.ico``, which the book does not have, and logs a 404 before it follows the redirect.
@@ -13,6 +18,7 @@ that sphinx-external-toc writes is a bare ``<meta>`` tag with no icon, so the br
 from __future__ import annotations
 
 import html
+import json
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +33,43 @@ _REDIRECT = """<!DOCTYPE html>
 <body><p><a href="{url}">{title}</a></p></body>
 </html>
 """
+
+
+#: The first line a downloaded notebook shows: where the package it imports comes from.
+DOWNLOAD_HINT = ("This notebook needs the book's `chipbook` package and data: clone the book's repository "
+                 "and run `make lab` there (or `pip install -e .` in the clone), then open this notebook "
+                 "from the clone's notebooks/ folder.")
+#: The tag that marks the cell this extension adds, so that it is added once.
+HINT_TAG = "chipbook-download-hint"
+
+
+def hint_cell() -> dict[str, Any]:
+    """The code cell a downloaded notebook starts with: a comment with DOWNLOAD_HINT, and the same
+    text as the error when the package cannot be imported."""
+    source = (f"# {DOWNLOAD_HINT}\n"
+              "import importlib.util\n\n"
+              "if importlib.util.find_spec(\"chipbook\") is None:\n"
+              f"    raise ModuleNotFoundError({DOWNLOAD_HINT!r})")
+    return {"cell_type": "code", "execution_count": None, "id": HINT_TAG,
+            "metadata": {"tags": [HINT_TAG, "remove-cell"]}, "outputs": [], "source": source}
+
+
+def add_download_hint(path: Path) -> None:
+    """Put the hint cell first in the downloadable notebook at ``path`` (once)."""
+    notebook = json.loads(path.read_text(encoding="utf-8"))
+    cells = notebook.get("cells", [])
+    if cells and HINT_TAG in cells[0].get("metadata", {}).get("tags", []):
+        return
+    notebook["cells"] = [hint_cell(), *cells]
+    path.write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def hint_downloads(app, exception) -> None:
+    """Add the hint to every notebook the built site offers for download."""
+    if exception is not None or app.builder.name != "html":
+        return
+    for path in sorted(Path(app.outdir, "_sources").rglob("*.ipynb")):
+        add_download_hint(path)
 
 
 def _is_thebe(script: Any) -> bool:
@@ -55,4 +98,5 @@ def setup(app):
     app.connect("html-page-context", drop_thebe)
     # Before sphinx-external-toc (priority 500), which writes its bare redirect only if none exists.
     app.connect("build-finished", write_index, priority=400)
+    app.connect("build-finished", hint_downloads)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
