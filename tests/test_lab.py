@@ -2,10 +2,11 @@
 JupyterLab of requirements-lab.txt, in .venv-lab).
 
 It starts the book's JupyterLab (book/_lab/jupyter_server_config.py) on a free port of 127.0.0.1,
-opens each chapter, runs all its cells, and checks that no cell fails, that the rendered prose shows
-no raw MyST role ({glue, {cite, {eq, {doc) where a number, citation, equation number or link belongs,
-and that a slider of the chapter's first explorable shows a new frame in the live kernel. The chapters
-are the notebooks in notebooks/, found there.
+serving a copy of notebooks/ (so that nothing it saves touches the repository), opens each chapter,
+runs all its cells, and checks that no cell fails; that the rendered prose shows no raw MyST role
+({glue, {cite, {eq, {doc}), no glue name where its value belongs and nothing jupyterlab-myst reports
+as not found; that a slider of the chapter shows a new frame in the live kernel; and that saving
+the notebook writes its Markdown back unchanged. The chapters are the notebooks in notebooks/.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -51,6 +53,7 @@ GLUE_ROLE = re.compile(r"\{glue(?::md|:text)?\}`([^`:]+)")
 GLUE_FIGURE = re.compile(r"\{glue:figure\}[ \t]+(\S+)")
 #: Every cell of a notebook in the page at once (JupyterLab 4 draws only the visible ones by default).
 SETTINGS = {"@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+            "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False},
             "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false",
                                                                                   "checkForUpdates": False}}
 
@@ -76,8 +79,17 @@ def _wait_until_up(url: str, server: subprocess.Popen, log: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def lab_url() -> Iterator[str]:
-    """The book's JupyterLab, serving notebooks/ on a free port of 127.0.0.1, with no network use."""
+def served() -> Iterator[Path]:
+    """A copy of the chapters, which JupyterLab serves and may save into."""
+    with tempfile.TemporaryDirectory(prefix="chipbook-notebooks-") as scratch:
+        for chapter in CHAPTERS:
+            shutil.copy(REPO / "notebooks" / chapter, scratch)
+        yield Path(scratch)
+
+
+@pytest.fixture(scope="module")
+def lab_url(served: Path) -> Iterator[str]:
+    """The book's JupyterLab on a free port of 127.0.0.1, serving the copy of the chapters."""
     with tempfile.TemporaryDirectory(prefix="chipbook-lab-") as scratch:
         home = Path(scratch)
         for name, values in SETTINGS.items():
@@ -95,7 +107,7 @@ def lab_url() -> Iterator[str]:
         command = [sys.executable, "-m", "jupyter", "lab", f"--config={CONFIG}", "--no-browser",
                    "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
                    f"--IdentityProvider.token={TOKEN}", "--LabApp.expose_app_in_browser=True",
-                   "--LabApp.news_url=", "--LabApp.extension_manager=readonly", str(REPO / "notebooks")]
+                   "--LabApp.news_url=", "--LabApp.extension_manager=readonly", str(served)]
         if os.geteuid() == 0:  # a CI container
             command.append("--allow-root")
         with log.open("w") as sink:
@@ -185,8 +197,13 @@ def _prose_names(chapter: str) -> tuple[set[str], int]:
     return {name for name in names if re.search(r"[_0-9]", name)}, len(GLUE_FIGURE.findall(markdown))
 
 
+def _markdown(path: Path) -> list[str]:
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    return ["".join(cell["source"]) for cell in cells if cell["cell_type"] == "markdown"]
+
+
 @pytest.mark.parametrize("chapter", CHAPTERS)
-def test_chapter_runs_and_reads_in_jupyterlab(lab_url: str, chromium, chapter: str) -> None:
+def test_chapter_runs_and_reads_in_jupyterlab(lab_url: str, served: Path, chromium, chapter: str) -> None:
     context = chromium.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     try:
@@ -219,5 +236,11 @@ def test_chapter_runs_and_reads_in_jupyterlab(lab_url: str, chromium, chapter: s
         control.select(1)
         moved = wait_for_frame(explorable, unlike=first.hash)
         assert moved.hash and moved.hash != first.hash, f"{chapter}: the slider's move showed no new frame"
+
+        page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+        page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty",
+                               timeout=RUN_S * 1000)
+        assert _markdown(served / chapter) == _markdown(REPO / "notebooks" / chapter), (
+            f"{chapter}: saving in JupyterLab changed the notebook's Markdown")
     finally:
         context.close()
