@@ -200,41 +200,39 @@ def _check_sweep(explorable: Locator, control: Control, first: Frame, where: str
     assert back.hash == first.hash, f"{where}: moving back to value 0 did not bring back its frame"
 
 
+def _check_fit(explorable: Locator, where: str) -> None:
+    """Every slider's track is wide enough to move its thumb, every frame lies within the page's
+    width, and the page does not scroll sideways."""
+    shown = geometry(explorable)
+    narrow = [round(width) for width in shown.tracks if width < MIN_TRACK_PX]
+    assert not narrow, f"{where}: slider tracks narrower than {MIN_TRACK_PX} px: {narrow}"
+    assert shown.frames, f"{where} shows no frame"
+    outside = [edges for edges in shown.frames if edges[0] < 0 or edges[1] > shown.client_width + 0.5]
+    assert not outside, f"{where}: frames beyond the page's {shown.client_width} px: {outside}"
+    assert shown.scroll_width <= shown.client_width, (
+        f"{where}: the page scrolls sideways: {shown.scroll_width} px of content in {shown.client_width} px")
+
+
 @pytest.mark.parametrize("path", EXPLORABLE_PAGES)
-def test_every_control_changes_the_frame(base_url: str, screen_page: Page, path: str) -> None:
-    """On a laptop and on a phone, each control, moved through its values while the others stay at
-    their first, shows a new frame at every step and the first frame again when moved back."""
+def test_explorables_fit_the_screen_and_every_control_changes_the_frame(
+        base_url: str, screen_page: Page, path: str) -> None:
+    """On a laptop and on a phone, each explorable fits the screen (see _check_fit), and each of its
+    controls, moved through its values while the others stay at their first, shows a new frame at
+    every step and the first frame again when moved back."""
     open_page(screen_page, base_url + path)
     install_frame_helpers(screen_page)
     drawn = explorables(screen_page)
     assert len(drawn) == explorable_views(HTML[path]), f"{path}: not every explorable was drawn"
     for number, explorable in enumerate(drawn, 1):
         reveal(explorable)
-        found = controls(explorable)
-        assert found, f"{path}, explorable {number} has no slider or toggle buttons"
-        first = wait_for_frame(explorable)
-        assert first.hash, f"{path}, explorable {number} shows {_describe(first)} at first"
-        for which, control in enumerate(found, 1):
-            _check_sweep(explorable, control, first, f"{path}, explorable {number}, control {which}")
-
-
-@pytest.mark.parametrize("path", EXPLORABLE_PAGES)
-def test_explorables_fit_the_screen(base_url: str, screen_page: Page, path: str) -> None:
-    """On a laptop and on a phone, every slider's track is wide enough to move its thumb, every
-    frame lies within the page's width, and the page does not scroll sideways."""
-    open_page(screen_page, base_url + path)
-    for number, explorable in enumerate(explorables(screen_page), 1):
-        reveal(explorable)
         where = f"{path}, explorable {number}"
-        shown = geometry(explorable)
-        assert shown.tracks or explorable.locator(".widget-toggle-buttons").count(), f"{where} has no control"
-        narrow = [round(width) for width in shown.tracks if width < MIN_TRACK_PX]
-        assert not narrow, f"{where}: slider tracks narrower than {MIN_TRACK_PX} px: {narrow}"
-        assert shown.frames, f"{where} shows no frame"
-        outside = [edges for edges in shown.frames if edges[0] < 0 or edges[1] > shown.client_width + 0.5]
-        assert not outside, f"{where}: frames beyond the page's {shown.client_width} px: {outside}"
-        assert shown.scroll_width <= shown.client_width, (
-            f"{path} scrolls sideways: {shown.scroll_width} px of content in {shown.client_width} px")
+        found = controls(explorable)
+        assert found, f"{where} has no slider or toggle buttons"
+        _check_fit(explorable, where)
+        first = wait_for_frame(explorable)
+        assert first.hash, f"{where} shows {_describe(first)} at first"
+        for which, control in enumerate(found, 1):
+            _check_sweep(explorable, control, first, f"{where}, control {which}")
 
 
 # --- notebook downloads ---------------------------------------------------------------------------
