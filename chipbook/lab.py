@@ -20,7 +20,9 @@ The functions here are pure: a notebook is the JSON dictionary nbformat reads.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -57,9 +59,15 @@ class Reference:
 # --- what a notebook holds -----------------------------------------------------------------------
 
 
+def _check_notebook(notebook: Any) -> None:
+    if not isinstance(notebook, Mapping) or not isinstance(notebook.get("cells"), list):
+        raise ValueError("notebook must be a notebook's JSON dictionary, with a list of cells under 'cells'")
+
+
 def glued(notebook: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """The values the notebook's saved outputs glue, by name: each a dictionary of MIME type (without
     glue's record prefix) to data."""
+    _check_notebook(notebook)
     values: dict[str, dict[str, Any]] = {}
     for cell in notebook.get("cells", []):
         for output in cell.get("outputs", []):
@@ -83,6 +91,7 @@ def _source(cell: Mapping[str, Any]) -> str:
 def equation_numbers(notebook: Mapping[str, Any]) -> dict[str, int]:
     """The number jupyterlab-myst gives each labelled equation of the notebook: displayed equations
     are counted in order through its Markdown cells, from 1."""
+    _check_notebook(notebook)
     numbers = {}
     count = 0
     for cell in notebook.get("cells", []):
@@ -98,6 +107,7 @@ def equation_numbers(notebook: Mapping[str, Any]) -> dict[str, int]:
 
 def notebook_title(notebook: Mapping[str, Any]) -> str | None:
     """The text of the notebook's first level-1 heading, or None when it has none."""
+    _check_notebook(notebook)
     for cell in notebook.get("cells", []):
         if cell.get("cell_type") == "markdown":
             heading = _HEADING.search(_source(cell))
@@ -131,14 +141,15 @@ def load_bibliography(paths: Iterable[Path]) -> dict[str, Reference]:
 
     references = {}
     for path in paths:
+        if not Path(path).is_file():
+            raise ValueError(f"paths must name BibTeX files; {path} is not a file")
         for key, entry in parse_file(str(path)).entries.items():
             people = entry.persons.get("author") or entry.persons.get("editor") or []
             names = [_clean(" ".join(person.last_names) or " ".join(person.first_names)) for person in people]
-            names = [name for name in names if name.lower() != "others"] or []
+            names = [name for name in names if name.lower() != "others"]
             if not names:
-                fields = entry.fields
-                fallback = next((fields[f] for f in ("organization", "institution", "publisher", "title")
-                                 if f in entry.fields), key)
+                fields = ("organization", "institution", "publisher", "title")
+                fallback = next((entry.fields[f] for f in fields if f in entry.fields), key)
                 names = [_clean(fallback)]
             doi = entry.fields.get("doi", "")
             url = entry.fields.get("url", "") or (f"https://doi.org/{doi}" if doi else "")
@@ -179,8 +190,6 @@ class Context:
         jupyterlab-myst resolves itself (and for a label found nowhere, which it reports)."""
         if label in self.equations:
             return None
-        import json
-
         for path in sorted(self.folder.glob("*.ipynb")):
             number = equation_numbers(json.loads(path.read_text(encoding="utf-8"))).get(label)
             if number is not None:
@@ -209,8 +218,6 @@ class Context:
         else:
             return title or target
         if not title and suffix == ".ipynb":
-            import json
-
             title = notebook_title(json.loads(path.read_text(encoding="utf-8"))) or target
         return f"[{title or target}]({target}{suffix})"
 
@@ -223,8 +230,6 @@ class Context:
             return f"[figure {name}: not computed; run the notebook]"
         data = _text(value[mime]).replace("\n", "")
         if mime == "image/svg+xml":
-            import base64
-
             data = base64.b64encode(data.encode()).decode()
         return f":::{{figure}} data:{mime};base64,{data}\n{body}:::"
 
@@ -259,6 +264,9 @@ def _digest(text: str) -> str:
 def present(notebook: dict[str, Any], references: Mapping[str, Reference], folder: Path) -> int:
     """Resolve the roles of every Markdown cell of ``notebook`` in place, keeping each changed cell's
     original source in its metadata; return how many cells changed."""
+    _check_notebook(notebook)
+    if not folder.is_dir():
+        raise ValueError(f"folder must be the notebook's folder, got {folder}, which is not a folder")
     context = Context(glued(notebook), references, folder, equation_numbers(notebook))
     changed = 0
     for cell in notebook.get("cells", []):
@@ -276,6 +284,7 @@ def present(notebook: dict[str, Any], references: Mapping[str, Reference], folde
 def restore(notebook: dict[str, Any]) -> None:
     """Undo :func:`present` in place before the notebook is saved: a cell still showing what was
     presented gets its original source back; a cell the reader edited keeps the edit."""
+    _check_notebook(notebook)
     for cell in notebook.get("cells", []):
         kept = cell.get("metadata", {}).pop(METADATA_KEY, None)
         if kept is not None and _digest(_source(cell)) == kept["shown"]:

@@ -134,3 +134,14 @@ def test_every_chapter_reads_without_glue_cite_or_doc_roles(chapter: Path) -> No
             text = "".join(cell["source"])
             for marker in ("{glue", "{cite", "{doc}", "not computed; run the notebook", "?])"):
                 assert marker not in text, f"{chapter.name}: {marker!r} left in {text[:200]!r}"
+
+
+@pytest.mark.parametrize("notebook", [None, {}, {"cells": "not a list"}])
+def test_a_malformed_notebook_is_refused(notebook, references, folder) -> None:
+    with pytest.raises(ValueError, match="notebook must be"):
+        lab.present(notebook, references, folder)
+
+
+def test_a_missing_bibliography_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="paths must name BibTeX files"):
+        lab.load_bibliography([tmp_path / "missing.bib"])
