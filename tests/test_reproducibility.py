@@ -55,7 +55,8 @@ def test_population_grid_shows_each_ratio_in_its_cell_with_the_1x_and_10x_contou
     concentrations = [0.8, 1.0, 1.2, 1.4]
     # ratio[i, j]: i-th model count, j-th concentration; each cell's value is unique
     ratio = np.array([[0.5, 2.0, 20.0, 50.0], [0.3, 3.0, 30.0, 60.0], [0.2, 4.0, 40.0, 70.0]])
-    fig = market_figures.plot_population_grid(n_models, concentrations, ratio)
+    fig = market_figures.plot_population_grid(n_models, concentrations, ratio,
+                                             ylabel="usage concentration s")
     ax = fig.axes[0]
     mesh = next(artist for artist in ax.collections if isinstance(artist, QuadMesh))
     drawn = np.asarray(mesh.get_array()).reshape(len(concentrations), len(n_models))
@@ -66,7 +67,7 @@ def test_population_grid_shows_each_ratio_in_its_cell_with_the_1x_and_10x_contou
     assert list(contours.levels) == [1, 10]
     assert ax.get_xscale() == "log"
     assert "concentration" in ax.get_ylabel()
-    assert fig.axes[1].get_ylabel() == "median inference / training"
+    assert fig.axes[1].get_ylabel() == "median inference / training FLOP"
 
 
 @pytest.mark.parametrize("mime", ["image/png", "image/svg+xml", "application/papermill.record/image/png"])
