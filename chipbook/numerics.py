@@ -670,6 +670,7 @@ class Run:
     loss_scale: np.ndarray      # (steps, lrs × seeds) the loss scale used at each step
     flush_trace: np.ndarray     # (steps, lrs × seeds) share of activation gradients flushed, per step
     error_trace: np.ndarray     # (steps, lrs × seeds) relative error (L2) of the activation-gradient casts
+    skip_trace: np.ndarray      # (steps, lrs × seeds) True where the step was skipped for an overflow
 
 
 def init_params(seeds: Sequence[int], d_in: int, hidden: int, classes: int) -> list[np.ndarray]:
@@ -937,6 +938,7 @@ def train(recipe: Recipe, task: Task, lrs, seeds: Sequence[int], *, steps: int =
     scale = np.full(n, init_scale if dynamic else float(recipe.loss_scale))
     good, skipped, counts = np.zeros(n, int), np.zeros(n, int), np.zeros((2, n))
     scale_log, flush_log, error_log = np.empty((steps, n)), np.empty((steps, n)), np.empty((steps, n))
+    skip_log = np.zeros((steps, n), bool)
     eval_steps = np.arange(0, steps + 1, eval_every)
     losses, samples = [], []
     with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is modelled, not an error
@@ -969,6 +971,7 @@ def train(recipe: Recipe, task: Task, lrs, seeds: Sequence[int], *, steps: int =
                 comps = _where(finite, [st[1] for st in stored], comps, shapes)
             params = _where(finite, new, params, shapes)
             skipped += ~finite
+            skip_log[step] = ~finite
             if dynamic:  # as PyTorch's GradScaler: halve on overflow, double after a run of good steps
                 good = np.where(finite, good + 1, 0)
                 scale = np.where(finite, scale, scale / 2)
@@ -982,7 +985,7 @@ def train(recipe: Recipe, task: Task, lrs, seeds: Sequence[int], *, steps: int =
         loss=np.asarray(losses).reshape(-1, *grid), test_accuracy=accuracy_.reshape(grid),
         flushed=(counts[1] / np.maximum(counts[0], 1)).reshape(grid), skipped=skipped.reshape(grid),
         params=params, grad_sample=np.concatenate(samples), loss_scale=scale_log,
-        flush_trace=flush_log, error_trace=error_log,
+        flush_trace=flush_log, error_trace=error_log, skip_trace=skip_log,
     )
 
 
