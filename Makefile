@@ -10,7 +10,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb)) $(wildcard book/*.ipynb)
 LINTED := chipbook tests scripts notebooks book
 JB_FLAGS := --all -W -n --keep-going
 
-.PHONY: help venv book test lint unit nbval html-build browser lab notebooks bench clean
+.PHONY: help venv book test lint unit nbval html-build browser lab notebooks bench clean experiments
 
 help:
 	@echo "make book       build the HTML into _build/html"
@@ -18,6 +18,7 @@ help:
 	@echo "make lab        open the notebooks in JupyterLab"
 	@echo "make notebooks  re-execute and save every notebook from a fresh kernel"
 	@echo "make bench      time the notebooks, the build, page sizes and slider moves"
+	@echo "make experiments [NAME=…]  rerun the experiment tier (all, or one) into data/results/"
 
 venv: $(STAMP)
 
@@ -60,6 +61,11 @@ lab: $(LAB_STAMP)
 
 notebooks: $(STAMP)
 	$(BIN)/python scripts/execute_notebooks.py $(NOTEBOOKS)
+
+# The experiment tier: `make experiments` reruns every experiment, `make experiments NAME=x` one, and
+# writes data/results/<name>.csv and <name>.json (commit both, then `make notebooks`).
+experiments: $(STAMP)
+	$(BIN)/python -m chipbook.experiments $(NAME)
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench.py

@@ -5,11 +5,17 @@
 keeps its line number), checks that the header is exactly the declared columns, that every numeric
 cell parses and lies in the range its unit allows, and that every ``source`` names an entry of
 ``book/references.bib``. A malformed row raises :class:`DataError` naming its file, line and column.
+
+:func:`result` loads what an experiment of :mod:`chipbook.experiments` computed, from
+``data/results/<name>.csv``, checked against its manifest ``<name>.json``, which
+:func:`provenance` summarises for the page.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import math
 import re
 from functools import cache
@@ -19,6 +25,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT / "data"
+RESULTS_DIR = DATA_DIR / "results"
 BIB_FILES = (ROOT / "book" / "references.bib",)
 
 #: unit -> (kind, minimum, maximum); kinds: "text", "number", "key"
@@ -57,6 +64,9 @@ def schemas(readme: Path | None = None) -> dict[str, list[tuple[str, str]]]:
         if heading:
             current = heading.group(1)
             out[current] = []
+            continue
+        if line.startswith("#"):  # a section about something other than one CSV file
+            current = None
             continue
         cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
         if current is None or not line.lstrip().startswith("|") or len(cells) < 2:
@@ -183,3 +193,73 @@ def markdown_table(name: str) -> str:
     for _, row in frame.iterrows():
         lines.append("| " + " | ".join(cell(row[c], units[c]) for c in frame.columns) + " |")
     return "\n".join([":::{div} chipbook-data", *lines, ":::"])
+
+
+# --- results of the experiment tier -----------------------------------------------------------------
+
+#: result column kinds -> pandas dtypes
+RESULT_KINDS = {"text": "string", "int": "int64", "float": "float64"}
+
+
+def typed(frame: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
+    """``frame`` with each column in the dtype of its kind (``columns``: name -> text, int, float)."""
+    return frame.astype({c: RESULT_KINDS[k] for c, k in columns.items()})
+
+
+def _read_result(path: Path, columns: dict[str, str]) -> pd.DataFrame:
+    parse = {"text": str, "int": int, "float": float}
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header != list(columns):
+            raise DataError(f"{path}, line 1: header {header} differs from the manifest's columns "
+                            f"{list(columns)}")
+        records = []
+        for row in reader:
+            where = f"{path}, line {reader.line_num}"
+            if len(row) != len(columns):
+                raise DataError(f"{where}: {len(row)} cells, expected {len(columns)}")
+            try:
+                records.append([parse[k](v) for k, v in zip(columns.values(), row, strict=True)])
+            except ValueError as error:
+                raise DataError(f"{where}: {error}") from None
+    return typed(pd.DataFrame(records, columns=list(columns)), columns)
+
+
+def manifest(name: str, results_dir: Path | None = None) -> dict:
+    """The manifest ``data/results/<name>.json`` of a committed experiment result."""
+    path = (results_dir or RESULTS_DIR) / f"{name}.json"
+    if not path.exists():
+        known = sorted(p.stem for p in (results_dir or RESULTS_DIR).glob("*.json"))
+        raise ValueError(f"name must be a committed experiment result {known}, got {name!r}")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def result(name: str, results_dir: Path | None = None) -> pd.DataFrame:
+    """The table experiment ``name`` computed (``data/results/<name>.csv``), every row checked
+    against its manifest: the header, the number of rows, each cell's kind, and the file's SHA-256
+    (a hand edit fails). ``frame.attrs["manifest"]`` holds the manifest. Run the experiment with
+    ``make experiments NAME=<name>``."""
+    info = manifest(name, results_dir)
+    path = (results_dir or RESULTS_DIR) / f"{name}.csv"
+    if hashlib.sha256(path.read_bytes()).hexdigest() != info["csv_sha256"]:
+        raise DataError(f"{path} is not the file its manifest describes (SHA-256 differs): rerun "
+                        f"`{info['command']}` rather than editing it")
+    frame = _read_result(path, info["columns"])
+    if len(frame) != info["rows"]:
+        raise DataError(f"{path}: {len(frame)} rows, the manifest says {info['rows']}")
+    frame.attrs["manifest"] = info
+    return frame
+
+
+def provenance(name: str, results_dir: Path | None = None) -> str:
+    """One paragraph of Markdown on where the result of experiment ``name`` comes from: its grid,
+    when and on what it ran, how long it took, its code fingerprint and the command that reruns it."""
+    info = manifest(name, results_dir)
+    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
+    machine = info["machine"]
+    return (f"Cached result `{name}`: {info['rows']:,} rows from {len(info['config']['grid'])} grid "
+            f"points, computed on {info['date'][:10]} in {info['wall_s']:.0f} s on {machine['cores']} "
+            f"cores ({machine['cpu']}) with {versions}; code fingerprint `{info['fingerprint'][:12]}`. "
+            f"Rerun it with `{info['command']}`; `make test` fails if the code or its configuration "
+            f"has changed since.")

@@ -229,11 +229,34 @@ def browser_rows(pages: list[str]) -> Iterator[Row]:
             browser.close()
 
 
+# --- (f) the experiment tier ---------------------------------------------------------------------
+
+
+EXPERIMENTS_S = 1800.0  # `make experiments`, the whole book, on the 2-core reference machine
+
+
+def experiment_rows() -> Iterator[Row]:
+    """Each experiment's wall time as its manifest records it (the run that made the committed
+    result, on the machine the manifest names), and their sum against the budget of `make
+    experiments`; timing them here would mean running them again."""
+    results = REPO / "data" / "results"
+    total = 0.0
+    for path in sorted(results.glob("*.json")):
+        info = json.loads(path.read_text(encoding="utf-8"))
+        total += info["wall_s"]
+        where = f"{info['machine']['cores']} cores, {info['date'][:10]}"
+        yield Row(f"experiment {info['name']} (manifest: {where})", info["wall_s"], "s", None,
+                  show(info["wall_s"], "s"))
+    yield Row("make experiments, all (sum of the manifests)", total, "s", EXPERIMENTS_S, show(total, "s"))
+
+
 # --- the table ------------------------------------------------------------------------------------
 
 
 def rows() -> Iterator[Row]:
-    """Every measurement, in order: notebooks, nbval, the clean build, then the pages it built."""
+    """Every measurement, in order: experiments (from their manifests), notebooks, nbval, the clean
+    build, then the pages it built."""
+    yield from experiment_rows()
     for path in notebooks():
         yield measure(f"execute {path.relative_to(REPO)}", "s", NOTEBOOK_S,
                       functools.partial(execute_seconds, path))
