@@ -590,25 +590,24 @@ TE_AMAX_HISTORY = 1024  # Transformer Engine's DelayedScaling default amax_histo
 class Recipe:
     """How a training step's numbers are held.
 
-    ``compute``: the format of the matrix-product inputs (weights and activations) in the forward
-    and backward passes; ``grad``: the format the backward pass casts activation gradients to before
-    they enter a matrix product; ``scaling``: how both are cast: ``"none"`` directly (fp16 and E5M2
-    overflow to inf, which dynamic loss scaling detects), ``"tensor"`` through one scale per tensor
-    from its current largest magnitude (current scaling), ``"delayed"`` through one scale per tensor
-    from the largest magnitude seen in the last ``amax_history`` steps (Transformer Engine's default
-    DelayedScaling [nvidia2024te]: the first step uses a scale of 1, a value past the range
-    saturates), or ``"mx"``, OCP MX blocks of 32 along each product's reduction axis with scale rule
-    ``mx_rule`` (formats without MX, such as bf16, are cast directly); ``wgrad``: the format the
-    weight-gradient product writes (None: the gradient format when it has 16 or more bits, else bf16,
-    as FP8 GEMMs write their outputs in higher precision); ``acc_bits``: when set, every matrix
-    product accumulates in blocks of ``acc_block`` products with alignment truncation to that many
-    fraction bits (:func:`block_dot`), otherwise exactly, rounded once to fp32; ``loss_scale``: a
-    static factor or ``"dynamic"`` (halve on overflow and skip the step, double after
-    ``growth_interval`` good steps, as PyTorch's GradScaler); ``weights``: the format the
-    optimizer's weights are kept in ("fp32" is an fp32 master copy), rounded after each update by
-    ``rounding`` (nearest, stochastic, or Kahan compensated with a buffer in the same format),
-    through ``weight_scaling`` for 8- and 4-bit formats; ``optimizer`` with its ``state`` format and
-    ``state_compute`` arithmetic.
+    ``compute``: the format of the matrix-product inputs (weights and activations) in the forward and
+    backward passes; ``grad``: the format the backward pass casts activation gradients to before they
+    enter a matrix product; ``scaling``: how both are cast: ``"none"`` directly (fp16 and E5M2 overflow
+    to inf, which dynamic loss scaling detects), ``"tensor"`` through one scale per tensor from its
+    current largest magnitude (current scaling), ``"delayed"`` through one scale per tensor from the
+    largest magnitude seen in the last ``amax_history`` steps (Transformer Engine's default
+    DelayedScaling [nvidia2024te]: the first step uses a scale of 1, a value past the range saturates),
+    or ``"mx"``, OCP MX blocks of 32 along each product's reduction axis with scale rule ``mx_rule``
+    (int8 gets one scale per tensor); 16-bit formats are always cast directly; ``wgrad``: the format the
+    weight-gradient product writes (None: the gradient format when it has 16 or more bits, else bf16, as
+    FP8 GEMMs write their outputs in higher precision); ``acc_bits``: when set, every matrix product
+    accumulates in blocks of ``acc_block`` products with alignment truncation to that many fraction bits
+    (:func:`block_dot`), otherwise exactly, rounded once to fp32; ``loss_scale``: a static factor or
+    ``"dynamic"`` (halve on overflow and skip the step, double after ``growth_interval`` good steps, as
+    PyTorch's GradScaler); ``weights``: the format the optimizer's weights are kept in ("fp32" is an
+    fp32 master copy), rounded after each update by ``rounding`` (nearest, stochastic, or Kahan
+    compensated with a buffer in the same format), through ``weight_scaling`` for 8- and 4-bit formats;
+    ``optimizer`` with its ``state`` format and ``state_compute`` arithmetic.
     """
 
     compute: str = "fp32"
@@ -663,6 +662,7 @@ class Run:
     eval_steps: np.ndarray
     loss: np.ndarray            # (evals, lrs, seeds) training-set loss of the stored weights, in fp32
     test_accuracy: np.ndarray   # (lrs, seeds)
+    test_loss: np.ndarray       # (lrs, seeds) fp32 cross-entropy on the held-out (test) examples
     flushed: np.ndarray         # (lrs, seeds) share of non-zero activation gradients the cast made zero
     skipped: np.ndarray         # (lrs, seeds) steps skipped for an overflow
     params: list[np.ndarray]    # final weights, leading axis = lrs × seeds
@@ -751,6 +751,8 @@ class _Caster:
             return quantize_scaled(t, fmt, "mx", axis=axis, rule=self.recipe.mx_rule)
         if (name, fmt) in self.cache:  # one scale per tensor: the same cast serves both products
             return self.cache[(name, fmt)]
+        if FORMATS[fmt].bits >= 16:  # 16-bit formats are cast directly, whatever the 8-bit scaling
+            scaling = "none"
         if scaling == "tensor" or (scaling == "mx" and fmt == "int8"):
             out = quantize_scaled(t, fmt, "tensor", batch_dims=1)
         elif scaling == "delayed":
@@ -979,10 +981,12 @@ def train(recipe: Recipe, task: Task, lrs, seeds: Sequence[int], *, steps: int =
                 scale, good = np.where(grow, scale * 2, scale), np.where(grow, 0, good)
         losses.append(cross_entropy(logits(params, x_eval), y_eval))
         accuracy_ = accuracy(params, task.x_test, task.y_test)
+        test_loss = cross_entropy(logits(params, task.x_test), task.y_test)
     grid = (n_lr, n_seed)
     return Run(
         lrs=lrs.astype(np.float64), seeds=seeds, eval_steps=np.append(eval_steps[eval_steps < steps], steps),
         loss=np.asarray(losses).reshape(-1, *grid), test_accuracy=accuracy_.reshape(grid),
+        test_loss=test_loss.reshape(grid),
         flushed=(counts[1] / np.maximum(counts[0], 1)).reshape(grid), skipped=skipped.reshape(grid),
         params=params, grad_sample=np.concatenate(samples), loss_scale=scale_log,
         flush_trace=flush_log, error_trace=error_log, skip_trace=skip_log,

@@ -40,6 +40,16 @@ def test_format_histogram_counts_every_gradient_by_its_fate():
     assert fig.axes[0].get_title().endswith(f"{flushed / len(grads):.0%} of gradients flush")
 
 
+def test_format_grad_factor_moves_the_gradients_before_the_cast():
+    grads = np.array([1e-3, 1e-6])
+    # times 2^-12: 2.4e-7 is a subnormal of fp16, 2.4e-10 flushes (below half of 2^-24)
+    fig = figures.plot_format("fp16", grads, grad_factor=2.0**-12)
+    counts = [round(patch.get_data().values.sum()) for patch in fig.axes[1].patches]
+    assert counts == [1, 1, 0, 0]
+    with pytest.raises(ValueError, match="grad_factor must be a finite number > 0"):
+        figures.plot_format("fp16", grads, grad_factor=0.0)
+
+
 def test_format_error_curve_is_the_largest_rounding_error_found_by_casting():
     fig = figures.plot_format("fp16")
     x, err = fig.axes[0].get_lines()[0].get_data()
@@ -73,7 +83,7 @@ def test_sweep_marks_each_recipes_best_learning_rate(runs):
     fig = figures.plot_lr_sweep(runs, stable=1.0)
     stars = [line for line in fig.axes[0].get_lines() if line.get_marker() == "*"]
     for star, run in zip(stars, runs.values(), strict=True):
-        mean = run.loss[-1].mean(axis=1)
+        mean = run.test_loss.mean(axis=1)
         assert star.get_ydata()[0] == pytest.approx(mean.min())
         assert star.get_xdata()[0] == pytest.approx(run.lrs[np.argmin(mean)], rel=0.05)
 

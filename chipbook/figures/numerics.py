@@ -26,10 +26,13 @@ def _magnitude_axis(ax, lo: float, hi: float) -> None:
 
 
 @styled
-def plot_format(fmt_name: str, grads: np.ndarray | None = None, loss_scale: float = 1.0) -> Figure:
+def plot_format(fmt_name: str, grads: np.ndarray | None = None, loss_scale: float = 1.0,
+                grad_factor: float = 1.0) -> Figure:
     """Largest relative rounding error of ``fmt_name`` against magnitude (round to nearest), its smallest
     subnormal, smallest normal and largest value, and, when ``grads`` is given, the histogram of
-    those gradient magnitudes times ``loss_scale``, coloured by what the cast does to them."""
+    those gradient magnitudes times ``grad_factor`` (for example 64 / D, to move gradients measured
+    with a per-rank loss divisor of 64 to a divisor D) times ``loss_scale``, coloured by what the
+    cast does to them."""
     f = numerics.get_format(fmt_name)
     lo, hi = 1e-14, 1e6
     x = np.geomspace(lo, hi, 400)
@@ -50,11 +53,13 @@ def plot_format(fmt_name: str, grads: np.ndarray | None = None, loss_scale: floa
                     ha="right" if right else "left", color=PALETTE["blue"])
     ax.set(yscale="log", ylim=(1e-9, 2), ylabel="relative error of one cast",
            xlabel="magnitude" + (f" (gradients × {fmt.sci(loss_scale, 2)})" if loss_scale != 1 else ""))
+    if grad_factor <= 0 or not np.isfinite(grad_factor):
+        raise ValueError(f"grad_factor must be a finite number > 0, got {grad_factor!r}")
     _magnitude_axis(ax, lo, hi)
     title = f"{f.name}: {f.exponent_bits} exponent, {f.mantissa_bits} mantissa bits"
     if grads is not None:
         g = np.abs(np.asarray(grads, dtype=np.float64))
-        g = g[g > 0] * loss_scale
+        g = g[g > 0] * grad_factor * loss_scale
         shares = numerics.fates(g, fmt_name)
         hist = ax.twinx()
         bins = np.geomspace(lo, hi, 81)
@@ -138,9 +143,9 @@ def plot_accumulation(errors: np.ndarray, bits: Sequence[int], promote: Sequence
 
 @styled
 def plot_lr_sweep(runs: Mapping[str, numerics.Run], stable: float, highlight: str | None = None) -> Figure:
-    """Final training loss against learning rate per recipe (mean over seeds, bars span the seeds),
-    each recipe's best learning rate marked, and the loss ``stable`` below which a run counts as
-    converged (dotted). With ``highlight``, that recipe and the first (the reference) are drawn
+    """Final held-out (test) loss against learning rate per recipe (mean over seeds, bars span the
+    seeds), each recipe's best learning rate marked, and the loss ``stable`` below which a run counts
+    as training well (dotted). With ``highlight``, that recipe and the first (the reference) are drawn
     in full and the others faintly."""
     if highlight is not None and highlight not in runs:
         raise ValueError(f"highlight must be None or one of {list(runs)}, got {highlight!r}")
@@ -149,7 +154,7 @@ def plot_lr_sweep(runs: Mapping[str, numerics.Run], stable: float, highlight: st
     for i, (label, run) in enumerate(runs.items()):
         colour = COLOURS[i % len(COLOURS)]
         alpha = 1.0 if highlight is None or label in (first, highlight) else 0.2
-        final = run.loss[-1]
+        final = run.test_loss
         mean = final.mean(axis=1)
         shift = 1.0 + 0.03 * (i - (len(runs) - 1) / 2)  # spread the markers so the bars do not overlap
         ax.errorbar(run.lrs * shift, mean, yerr=[mean - final.min(axis=1), final.max(axis=1) - mean],
@@ -157,7 +162,7 @@ def plot_lr_sweep(runs: Mapping[str, numerics.Run], stable: float, highlight: st
         best = int(np.nanargmin(mean))
         ax.plot(run.lrs[best] * shift, mean[best], marker="*", ms=14, color=colour, ls="none", alpha=alpha)
     ax.axhline(stable, color=PALETTE["black"], ls=":", lw=1)
-    ax.set(xscale="log", xlabel="peak learning rate (Adam)", ylabel="final training loss",
+    ax.set(xscale="log", xlabel="peak learning rate (Adam)", ylabel="final held-out loss",
            title="Learning-rate sweep under each numeric recipe (★ best)")
     ax.minorticks_off()
     ax.xaxis.set_major_formatter(POW10)
