@@ -226,6 +226,14 @@ def _read_result(path: Path, columns: dict[str, str]) -> pd.DataFrame:
     return typed(pd.DataFrame(records, columns=list(columns)), columns)
 
 
+class Manifest(dict):
+    """A result's manifest, read-only by convention: pandas deep-copies a frame's ``attrs`` on nearly
+    every operation, and a manifest (with its whole configuration) is large, so the copies share it."""
+
+    def __deepcopy__(self, memo: dict) -> Manifest:
+        return self
+
+
 def manifest(name: str, results_dir: Path | None = None) -> dict:
     """The manifest ``data/results/<name>.json`` of a committed experiment result."""
     path = (results_dir or RESULTS_DIR) / f"{name}.json"
@@ -248,7 +256,7 @@ def result(name: str, results_dir: Path | None = None) -> pd.DataFrame:
     frame = _read_result(path, info["columns"])
     if len(frame) != info["rows"]:
         raise DataError(f"{path}: {len(frame)} rows, the manifest says {info['rows']}")
-    frame.attrs["manifest"] = info
+    frame.attrs["manifest"] = Manifest(info)
     return frame
 
 

@@ -345,9 +345,9 @@ def block_dot(a: ArrayLike, b: ArrayLike, bits: int, block: int = 16, promote_ev
     """Dot products along the last axis as a matrix unit with a block fused multiply-add computes
     them [fasi2021numerical, blanchard2020mixed]: the products are exact; every ``block`` products
     are added to the running sum in one step, in which all ``block`` + 1 terms are aligned to the
-    largest of their exponents and each is truncated (towards zero) to ``bits`` fraction bits below
-    that term's leading bit (the bits shifted out of the adder are dropped); the exact sum of the
-    aligned terms is then normalised and truncated to ``bits`` fraction bits. With
+    largest of their exponents and each is truncated (towards zero) to a multiple of 2^(E − ``bits``),
+    where 2^E is the leading bit of the largest term (the bits shifted out of the adder are dropped);
+    the exact sum of the aligned terms is then normalised and truncated to ``bits`` fraction bits. With
     ``promote_every = N`` (a multiple of ``block``) the running sum is added to an fp32 register and
     restarted every N products, as DeepSeek-V3 does [deepseekai2024deepseekv3]. A last partial block
     is padded with zeros. With ``prefixes=True`` the last axis of the result holds the sum after

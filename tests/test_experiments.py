@@ -212,3 +212,13 @@ def test_runs_read_back_what_the_table_holds():
     assert scaler.skip_trace.sum() == scaler.skipped.sum()
     with pytest.raises(ValueError, match="group must be one of"):
         lowprec_training.runs(frame, "nope")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_experiment_is_described_in_the_data_readme(name):
+    readme = (data.DATA_DIR / "README.md").read_text(encoding="utf-8")
+    section = readme.split(f"\n### {name}\n", 1)
+    assert len(section) == 2, f"data/README.md needs a section '### {name}' under the experiment results"
+    described = section[1].split("\n#", 1)[0]
+    for column in ["point", *experiments.get(name).COLUMNS]:
+        assert f"- `{column}` (" in described, f"data/README.md, ### {name}: column {column} is not described"

@@ -9,4 +9,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from chipbook.experiments import main  # after the thread setting
 
-sys.exit(main(sys.argv[1:]))
+try:
+    sys.exit(main(sys.argv[1:]))
+except ValueError as error:  # a misspelt name: say so without a traceback
+    sys.exit(f"make experiments: {error}")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from chipbook import _checks
 from chipbook import numerics as nm
 
 _BF16 = {"compute": "bf16", "grad": "bf16"}
@@ -124,7 +125,8 @@ COLUMNS = {"group": "text", "label": "text", "lr": "float", "seed": "int", "metr
 
 def lr_grid(start: float, stop: float, num: int) -> np.ndarray:
     """The learning rates of the sweep, geometrically spaced (float64)."""
-    return np.geomspace(start, stop, num)
+    start, stop = _checks.positive("start", start), _checks.positive("stop", stop)
+    return np.geomspace(start, stop, _checks.count("num", num))
 
 
 def learning_rates(lrs: list, shared: dict) -> list[float]:
@@ -212,13 +214,6 @@ def run_one(point: dict, shared: dict) -> list[dict]:
 # --- reading the result back ------------------------------------------------------------------------
 
 
-def _plain(frame: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` without its ``attrs`` (the manifest), which pandas deep-copies on every operation."""
-    plain = frame.copy(deep=False)
-    plain.attrs = {}
-    return plain
-
-
 def _array(rows: pd.DataFrame, lrs: np.ndarray, seeds: tuple[int, ...]) -> np.ndarray:
     """The values of ``rows`` (one metric of one run) as (steps, lrs, seeds), steps in the order
     they first appear; a cell with no row is NaN."""
@@ -236,8 +231,7 @@ def runs(frame: pd.DataFrame, group: str) -> dict[str, nm.Run]:
     and, for points with traces, the per-step loss scale, skips, flushes and cast errors as
     (steps, lrs × seeds) (empty otherwise); no weights (``params`` is empty). Learning rates keep the
     order the point gave them in."""
-    rows = _plain(frame)
-    rows = rows[rows["group"] == group]
+    rows = frame[frame["group"] == group]
     if rows.empty:
         raise ValueError(f"group must be one of {sorted(frame['group'].unique())}, got {group!r}")
     out = {}
@@ -266,7 +260,6 @@ def runs(frame: pd.DataFrame, group: str) -> dict[str, nm.Run]:
 def metric(frame: pd.DataFrame, group: str, name: str) -> dict[str, np.ndarray]:
     """The values of metric ``name`` (such as ``"drift"`` or ``"served: int8"``) of each run of
     ``group`` that has it, by label, shape (lrs, seeds)."""
-    frame = _plain(frame)
     rows = frame[(frame["group"] == group) & (frame["metric"] == name)]
     if rows.empty:
         raise ValueError(f"no metric {name!r} in group {group!r}; metrics there: "
