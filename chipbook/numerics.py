@@ -9,7 +9,12 @@ Sources:
 * Mixed precision, loss scaling and fp32 master weights [micikevicius2018mixed]; stochastic rounding
   [gupta2015deep]; Kahan-compensated weight updates [kahan1965pracniques, zamirai2020revisiting].
 * Limited-precision accumulation and its promotion to fp32 every N_C products
-  [deepseekai2024deepseekv3, section 3.3.2]; the error bound of recursive summation [higham2002accuracy].
+  [deepseekai2024deepseekv3, section 3.3.2]; the error bound of recursive summation [higham2002accuracy];
+  block fused multiply-add with alignment truncation, as measured on tensor cores
+  [fasi2021numerical, blanchard2020mixed].
+* Per-tensor scaling from the current amax or from an amax history (Transformer Engine's delayed
+  scaling) [nvidia2024te]; the MX scale rounded up instead of the OCP floor rule [mishra2025recipes];
+  the cosine learning-rate schedule [loshchilov2017sgdr].
 * Optimizers as in PyTorch's ``torch.optim`` (Adam [kingma2015adam], NAdam with momentum decay
   [dozat2016incorporating, pytorch2024nadam], SGD with momentum), in the same float32 operation order.
 
