@@ -89,12 +89,13 @@ class Traffic:
         """Bytes each rank sent, to other ranks and into a reducing switch."""
         return self.matrix.sum(axis=1) + self.up.sum(axis=0)
 
-    def placed(self, position: Sequence[int]) -> "Traffic":
+    def placed(self, position: Sequence[int]) -> Traffic:
         """The same traffic with rank r running on chip ``position[r]`` of a topology: the order in
         which ranks are laid on a chain, a ring or a torus decides how far their messages travel."""
         position = np.asarray(position, dtype=int)
         if sorted(position.tolist()) != list(range(self.ranks)):
-            raise ValueError(f"position must be a permutation of 0..{self.ranks - 1}, got {position.tolist()}")
+            raise ValueError(f"position must be a permutation of 0..{self.ranks - 1}, "
+                             f"got {position.tolist()}")
         rounds = np.zeros_like(self.rounds)
         rounds[:, position[:, None], position[None, :]] = self.rounds
         up, down = np.zeros_like(self.up), np.zeros_like(self.down)
