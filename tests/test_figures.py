@@ -4,9 +4,10 @@ compared with values computed here from the data and the formulas, not with the 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from chipbook import data, market
+from chipbook import data, fmt, market
 from chipbook.figures import market as figures
 
 H100_PEAK = 989e12  # data/chips.csv, dense BF16
@@ -43,6 +44,15 @@ def test_crossover_is_marked_where_the_drawn_lines_meet():
     assert "H100-hours" in ax.get_ylabel()
 
 
+def test_crossover_with_research_overhead_moves_the_training_line():
+    n, d, per_day, u_train, u_serve, o = 2.2e10, 3.6e13, 1e11, 0.35, 0.37, 3.3
+    fig = figures.plot_crossover(n, d, per_day, u_serve, train_utilisation=u_train, peak_flop_s=H100_PEAK,
+                                 chip="H100", train_overhead=o)
+    training = fig.axes[0].get_lines()[0]
+    assert training.get_ydata()[0] == pytest.approx(o * 6 * n * d / (H100_PEAK * u_train) / 3600)
+    assert "research" in training.get_label()
+
+
 def test_crossover_beyond_the_axis_is_said_in_years():
     fig = figures.plot_crossover(4.05e11, 1.56e13, 1e8, 0.2, train_utilisation=0.41, peak_flop_s=H100_PEAK,
                                  chip="H100")
@@ -52,25 +62,38 @@ def test_crossover_beyond_the_axis_is_said_in_years():
 
 
 def test_population_titles_report_the_simulated_year():
-    kw = dict(served_tokens=1e17, params_range=(7e9, 5.4e11), train_tokens_range=(3e11, 1.56e13),
+    kw = dict(served_tokens=1e17, train_flop_range=(7.2e23, 4.6e26), tokens_per_param_range=(38.5, 1875.0),
               size_usage_correlation=0.5, draws=50, seed=3)
     fig = figures.plot_population(100, 1.0, **kw)
-    left, _right = fig.axes
+    left, right = fig.axes
     pop = market.simulate_population(100, 1.0, **kw)
     assert left.get_title() == f"{pop.breakeven_share.mean():.0%} of models break even"
     x, y = left.get_lines()[0].get_data()
     assert np.allclose(x, pop.train_flop)
     assert np.allclose(y, pop.serve_flop)
+    assert right.get_title() == f"median ratio {fmt.num(float(np.median(pop.ratio)), 2)}"
 
 
-def test_tornado_bars_span_each_input_swing():
-    table = market.sensitivity(lambda a, b: a * b, {"a": 2.0, "b": 3.0}, {"a": (1.0, 4.0), "b": (1.5, 6.0)})
-    fig = figures.plot_tornado(table, {"a": "A", "b": "B"})
+def test_population_grid_marks_the_reference_count():
+    ratio = np.array([[20.0, 40.0], [2.0, 4.0], [0.2, 0.4]])
+    fig = figures.plot_population_grid([10, 100, 1000], [0.0, 1.0], ratio, ylabel="rho", reference_models=40)
     ax = fig.axes[0]
-    spans = sorted((min(p.get_x(), p.get_x() + p.get_width()), max(p.get_x(), p.get_x() + p.get_width()))
-                   for p in ax.patches)
-    # a: 1·3 = 3 and 4·3 = 12 around 6; b: 2·1.5 = 3 and 2·6 = 12 around 6
-    assert spans == [(3.0, 6.0), (3.0, 6.0), (6.0, 12.0), (6.0, 12.0)]
+    lines = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
+    assert len(lines) == 1 and lines[0].get_xdata()[0] == 40
+    assert ax.get_ylabel() == "rho"
+
+
+def test_joint_histogram_counts_every_draw_and_bars_are_the_shares():
+    rng = np.random.default_rng(0)
+    ratio = np.exp(rng.normal(0, 2, 1000))
+    shares = pd.Series({"a": 0.7, "b": 0.2, "c": 0.1})
+    fig = figures.plot_joint(ratio, shares, {"a": "A", "b": "B"})
+    left, right = fig.axes
+    assert sum(p.get_height() for p in left.patches) == 1000
+    above = int((ratio > 10).sum())
+    assert left.get_title() == f"{fmt.pct(above / 1000, 2)} of draws above 10×"
+    assert [p.get_width() for p in right.patches] == [0.1, 0.2, 0.7]  # largest on top
+    assert [t.get_text() for t in right.get_yticklabels()] == ["c", "B", "A"]
 
 
 def test_reality_has_a_row_for_every_band_and_published_share():
@@ -80,3 +103,9 @@ def test_reality_has_a_row_for_every_band_and_published_share():
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert labels[:2] == list(bands)
     assert len(labels) == len(bands) + len(shares)
+    # fleets that ran mostly other models than language models are drawn hollow, and only they
+    ax = fig.axes[0]
+    hollow = [c for c in ax.collections if len(c.get_offsets()) and c.get_facecolors().size == 0]
+    assert len(hollow) == 1
+    expected = shares.loc[shares.workload == "mostly non-LLM", "inference_share"]
+    assert sorted(hollow[0].get_offsets()[:, 0]) == sorted(expected)

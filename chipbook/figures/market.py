@@ -71,22 +71,26 @@ def plot_crossover(
     peak_flop_s: float,
     chip: str,
     name: str = "",
+    train_overhead: float = 1.0,
     days: float = 3 * 365,
 ) -> Figure:
-    """Cumulative accelerator-hours of training (paid before launch) and of serving
-    ``tokens_per_day`` tokens a day, on ``chip``s of peak ``peak_flop_s``; the crossing is marked.
+    """Cumulative accelerator-hours of training (paid before launch; times ``train_overhead`` for
+    the research behind the final run) and of serving ``tokens_per_day`` tokens a day, on
+    ``chip``s of peak ``peak_flop_s``; the crossing is marked.
 
     The dotted line is serving at the training utilisation: the FLOP-for-FLOP comparison.
     """
     t = np.geomspace(1, days, 200)
-    train = market.gpu_hours(market.training_flops(params, train_tokens), peak_flop_s, train_utilisation)
+    train = train_overhead * market.gpu_hours(market.training_flops(params, train_tokens), peak_flop_s,
+                                              train_utilisation)
     per_day = market.gpu_hours(market.inference_flops(params, tokens_per_day), peak_flop_s, serve_utilisation)
     flop_per_day = per_day * serve_utilisation / train_utilisation
-    cross = market.crossover_days(params, train_tokens, tokens_per_day,
-                                  train_utilisation=train_utilisation, serve_utilisation=serve_utilisation)
+    cross = market.crossover_days(params, train_tokens, tokens_per_day, train_utilisation=train_utilisation,
+                                  serve_utilisation=serve_utilisation, train_overhead=train_overhead)
 
     fig, ax = plt.subplots()
-    ax.axhline(train, color=TRAIN, label=f"training: {_si(train)} {chip}-hours")
+    what = "training" if train_overhead == 1 else f"training and research ({fmt.num(train_overhead, 2)}×)"
+    ax.axhline(train, color=TRAIN, label=f"{what}: {_si(train)} {chip}-hours")
     ax.plot(t, per_day * t, color=SERVE, label=f"serving at {serve_utilisation:.0%} utilisation")
     ax.plot(t, flop_per_day * t, color=SERVE, ls=":",
             label=f"serving at {train_utilisation:.0%} (FLOP parity)")
@@ -114,18 +118,22 @@ def plot_population(
     concentration: float,
     *,
     served_tokens: float,
-    params_range: tuple[float, float],
-    train_tokens_range: tuple[float, float],
-    size_usage_correlation: float,
+    train_flop_range: tuple[float, float],
+    tokens_per_param_range: tuple[float, float],
+    size_usage_correlation: float = 0.0,
+    demand_elasticity: float = 0.0,
+    reference_models: float | None = None,
     draws: int = 100,
     seed: int = 0,
 ) -> Figure:
     """Left: each model of one simulated year, training FLOP against inference FLOP. Right: the
-    population's inference-to-training ratio over ``draws`` simulated years."""
+    population's inference-to-training FLOP ratio over ``draws`` simulated years. The arguments are
+    those of :func:`chipbook.market.simulate_population`."""
     pop = market.simulate_population(n_models, concentration, served_tokens=served_tokens, draws=draws,
-                                     seed=seed, params_range=params_range,
-                                     train_tokens_range=train_tokens_range,
-                                     size_usage_correlation=size_usage_correlation)
+                                     seed=seed, train_flop_range=train_flop_range,
+                                     tokens_per_param_range=tokens_per_param_range,
+                                     size_usage_correlation=size_usage_correlation,
+                                     demand_elasticity=demand_elasticity, reference_models=reference_models)
     fig, (left, right) = plt.subplots(1, 2, figsize=(7.2, 3.8))
     left.plot(pop.train_flop, pop.serve_flop, ls="none", marker=".", ms=3 if n_models > 300 else 5,
               color=SERVE, alpha=0.5)
@@ -142,68 +150,76 @@ def plot_population(
     for level in (1, 10):
         right.axvline(level, color=TRAIN, lw=1.2, ls="--")
     median = float(np.median(pop.ratio))
-    right.set(xscale="log", xlim=(bins[0], bins[-1]), xlabel="inference / training, all models",
-              ylabel="simulated years", title=f"median ratio {median:.3g}")
+    right.set(xscale="log", xlim=(bins[0], bins[-1]), xlabel="inference / training FLOP, all models",
+              ylabel="simulated years", title=f"median ratio {fmt.num(median, 2)}")
     right.xaxis.set_major_formatter(PLAIN)
     for ax in (left, right):
         ax.minorticks_off()
     for axis in (left.xaxis, left.yaxis):
         axis.set_major_locator(LogLocator(numticks=6))
         axis.set_major_formatter(POW10)
-    fig.suptitle(f"{n_models} models a year, usage concentration {concentration:g}", fontsize=12)
+    fig.suptitle(f"{n_models} models a year, demand elasticity {demand_elasticity:g}", fontsize=12)
     return fig
 
 
 @styled
-def plot_population_grid(n_models: Sequence[int], concentrations: Sequence[float],
-                         median_ratio: np.ndarray) -> Figure:
-    """Median inference-to-training ratio over a grid of model counts × concentrations, with the
-    contours where it equals 1 and 10."""
+def plot_population_grid(n_models: Sequence[int], y_values: Sequence[float], median_ratio: np.ndarray, *,
+                         ylabel: str, reference_models: float | None = None) -> Figure:
+    """Median inference-to-training ratio over a grid of model counts × a second assumption
+    (``y_values``, named by ``ylabel``), with the contours where it equals 1 and 10 and, where
+    given, a dotted line at ``reference_models`` models a year."""
     fig, ax = plt.subplots()
     ratio = np.asarray(median_ratio).T
     norm = LogNorm(10 ** np.floor(np.log10(ratio.min())), 10 ** np.ceil(np.log10(ratio.max())))
-    mesh = ax.pcolormesh(n_models, concentrations, ratio, shading="nearest", cmap="cividis", norm=norm)
-    contours = ax.contour(n_models, concentrations, ratio, levels=[1, 10], colors=[PALETTE["black"]] * 2,
+    mesh = ax.pcolormesh(n_models, y_values, ratio, shading="nearest", cmap="cividis", norm=norm)
+    contours = ax.contour(n_models, y_values, ratio, levels=[1, 10], colors=[PALETTE["black"]] * 2,
                           linestyles=["--", "-"])
     ax.clabel(contours, fmt={1: "1×", 10: "10×"}, fontsize=11)
-    ax.set(xscale="log", xlabel="models trained a year", ylabel="usage concentration (Zipf exponent)")
+    if reference_models is not None:
+        ax.axvline(reference_models, color=PALETTE["orange"], ls=":", lw=2,
+                   label=f"{reference_models:.0f} a year: the published count")
+        ax.legend(loc="lower left", fontsize=9)
+    ax.set(xscale="log", xlabel="models trained a year", ylabel=ylabel)
     ax.minorticks_off()
     ax.xaxis.set_major_formatter(PLAIN)
     bar = fig.colorbar(mesh, ax=ax)
-    bar.set_label("median inference / training")
+    bar.set_label("median inference / training FLOP")
     bar.ax.yaxis.set_major_formatter(PLAIN)
     return fig
 
 
 @styled
-def plot_tornado(table: pd.DataFrame, labels: dict[str, str], target: float = 10.0) -> Figure:
-    """Tornado chart of a :func:`chipbook.market.sensitivity` table: for each input, the output at
-    its low and high value; the vertical line is the base case, the dashed one ``target``."""
-    rows = table.iloc[::-1]
-    centre = table.attrs["centre"]
-    fig, ax = plt.subplots(figsize=(6.4, 0.55 * len(rows) + 1.4))
-    y = np.arange(len(rows))
-    for i, (_, r) in enumerate(rows.iterrows()):
-        for value, colour in ((r.at_low, PALETTE["sky"]), (r.at_high, PALETTE["blue"])):
-            ax.barh(i, value - centre, left=centre, color=colour, height=0.6)
-    ax.barh([], [], color=PALETTE["sky"], label="input at its low value")
-    ax.barh([], [], color=PALETTE["blue"], label="input at its high value")
-    ax.axvline(centre, color=PALETTE["black"], lw=1.2)
-    ax.axvline(target, color=TRAIN, ls="--", lw=1.2, label=f"{target:g}× training")
-    ax.set_yticks(y, [labels.get(n, n) for n in rows["input"]])
-    ax.set(xscale="log", xlabel="lifetime inference spend / training spend")
-    ax.minorticks_off()
-    ax.xaxis.set_major_formatter(PLAIN)
-    ax.legend(loc="lower right", fontsize=9)
+def plot_joint(ratio: np.ndarray, shares: pd.Series, labels: dict[str, str], target: float = 10.0) -> Figure:
+    """Left: the distribution of the output over joint draws of every input, with ``target`` dashed.
+    Right: each input's first-order share of the variance of its logarithm
+    (:func:`chipbook.market.variance_shares`), largest on top."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(7.6, 3.6), width_ratios=[1, 1.1])
+    ratio = np.asarray(ratio, dtype=float)
+    bins = np.geomspace(ratio.min(), ratio.max(), 41)
+    left.hist(ratio, bins=bins, color=SERVE, alpha=0.8)
+    left.axvline(target, color=TRAIN, ls="--", lw=1.2, label=f"{target:g}× training")
+    above = float((ratio > target).mean())
+    left.set(xscale="log", xlabel="inference / training accelerator-hours", ylabel="joint draws",
+             title=f"{fmt.pct(above, 2)} of draws above {target:g}×")
+    left.xaxis.set_major_formatter(PLAIN)
+    left.minorticks_off()
+    left.legend(loc="upper left", fontsize=9)
+    rows = shares.iloc[::-1]
+    right.barh(np.arange(len(rows)), rows.to_numpy(), color=PALETTE["blue"])
+    right.set_yticks(np.arange(len(rows)), [labels.get(n, n) for n in rows.index], fontsize=9)
+    right.set(xlim=(0, 1), xlabel="share of the variance of log ratio")
+    right.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0%}"))
     return fig
 
 
 @styled
 def plot_reality(shares: pd.DataFrame, bands: dict[str, tuple[float, float]]) -> Figure:
-    """Published inference shares (rows of data/inference_share.csv: measurements as dots, forecasts
-    as diamonds) beside ranges from the chapter's models (``bands``: label -> (low, high) share)."""
+    """Published inference shares (rows of data/inference_share.csv: measurements as dots, hollow
+    where the fleet was mostly not language models; forecasts as diamonds) beside ranges from the
+    chapter's models (``bands``: label -> (low, high) share)."""
     rows = shares.sort_values("inference_share")
     forecast = rows["claim"].str.contains("forecast", case=False).to_numpy()
+    non_llm = (rows["workload"] == "mostly non-LLM").to_numpy()
     names = [f"{c.split(':')[0].replace(' forecast', '')}, {s} {int(y)}"
              for c, s, y in zip(rows["claim"], rows["scope"], rows["year"], strict=True)]
     labels = [*bands, *names]
@@ -211,11 +227,14 @@ def plot_reality(shares: pd.DataFrame, bands: dict[str, tuple[float, float]]) ->
     for i, (low, high) in enumerate(bands.values()):
         ax.plot([low, high], [i, i], color=SERVE, lw=9, solid_capstyle="butt", alpha=0.75)
     y = np.arange(len(bands), len(labels))
-    ax.scatter(rows["inference_share"][~forecast], y[~forecast], color=TRAIN, s=55, zorder=3,
+    llm = ~forecast & ~non_llm
+    ax.scatter(rows["inference_share"][llm], y[llm], color=TRAIN, s=55, zorder=3,
                label="published measurement")
+    ax.scatter(rows["inference_share"][non_llm], y[non_llm], facecolors="none", edgecolors=TRAIN, s=55,
+               zorder=3, label="measurement, mostly non-LLM fleet")
     ax.scatter(rows["inference_share"][forecast], y[forecast], color=PALETTE["orange"], marker="D", s=50,
                zorder=3, label="published forecast")
-    ax.plot([], [], color=SERVE, lw=9, alpha=0.75, label="this chapter's models")
+    ax.plot([], [], color=SERVE, lw=9, alpha=0.75, label="this chapter's annual flows")
     ax.axvline(10 / 11, color=PALETTE["black"], ls="--", lw=1.2, label="inference = 10 × training")
     ax.set_yticks(np.arange(len(labels)), labels, fontsize=10)
     ax.set(xlim=(0, 1), ylim=(-0.6, len(labels) - 0.4), xlabel="inference share of the total")
