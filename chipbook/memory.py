@@ -7,13 +7,22 @@ Sources of the formulas:
   ZeRO stages 1, 2 and 3 shard the optimizer state, then the gradients, then the weights over the
   data-parallel chips [rajbhandari2020zero] (section 3 and Figure 1). Mixed precision with fp32
   master weights is from [micikevicius2018mixed]; 8-bit Adam keeps each moment in one byte
-  [dettmers2022optimizers]; DeepSeek-V3's FP8 recipe keeps fp32 master weights and gradients and
-  BF16 moments [deepseekai2024deepseekv3].
-* Activations of one transformer layer, 16-bit, no parallelism: s·b·h·(34 + 5·a·s/h) bytes; 34·s·b·h
-  with selective recomputation of attention; 2·s·b·h (the layer's input) with full recomputation
-  [korthikanti2022reducing] (section 4, equations 1 and 2).
-* KV cache: a key and a value vector per layer, KV head and token [pope2022efficiently].
-* Decode bound: :func:`chipbook.market.decode_utilisation` (one formula, reused here).
+  [dettmers2022optimizers]; DeepSeek-V3's report states fp32 master weights and gradients and BF16
+  moments [deepseekai2024deepseekv3]; that its working copy of the weights is FP8 is our assumption.
+* Activations of one GPT-style transformer layer, 16-bit: s·b·h·(34 + 5·a·s/h) bytes with nothing
+  recomputed; 34·s·b·h when attention's s×s tensors are recomputed ("selective"); 2·s·b·h (the
+  layer's input) with full recomputation; with tensor parallelism t and sequence parallelism every
+  term divides by t, s·b·h·(34/t + 5·a·s/(h·t)) [korthikanti2022reducing] (section 4, equations 1-5).
+  The cross-entropy's fp32 logits add 4·s·b·v/t bytes (their section 4.3).
+* A Llama-style layer (RMSNorm, grouped-query attention run by FlashAttention, SwiGLU, no dropout):
+  the same tensor-by-tensor count applied to its tensors (see :func:`llama_activation_bytes`);
+  FlashAttention keeps no s×s tensor, only its output and one fp32 softmax statistic per head and
+  token [dao2022flashattention].
+* KV cache: a key and a value vector per layer, KV head and token [pope2022efficiently]; multi-head
+  latent attention caches one compressed latent and one shared rotary key per layer and token
+  [deepseekai2024deepseekv3].
+* Decode and training-step bounds: the roofline [williams2009roofline], with the decode utilisation of
+  :func:`chipbook.market.decode_utilisation` when the KV cache is left out.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import numpy as np
 from chipbook import _checks, market
 
 KIB = 1024
+SECONDS_PER_DAY = 86_400.0
 
 #: Bytes per value of each number format.
 FORMATS: dict[str, float] = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
@@ -59,7 +69,7 @@ RECIPES: dict[str, Recipe] = {
     "mixed-adam-fp32-grads": Recipe("mixed Adam, fp32 gradients", 2, 4, 4, 8),
     "mixed-adam-8bit": Recipe("mixed Adam, 8-bit moments", 2, 2, 4, 2),
     "bf16-adam": Recipe("bf16 Adam, no master weights", 2, 2, 0, 4),
-    "fp8-deepseek": Recipe("FP8, DeepSeek-V3 style", 1, 4, 4, 4),
+    "fp8-deepseek": Recipe("FP8 working weights (assumed), DeepSeek-V3's fp32 master, grads", 1, 4, 4, 4),
     "sgd-momentum": Recipe("fp32 SGD with momentum", 4, 4, 0, 4),
 }
 
@@ -94,23 +104,73 @@ def inference_weight_bytes(params: float, fmt: str) -> float:
     return _checks.positive("params", params) * fmt_bytes(fmt)
 
 
+# --- activations ----------------------------------------------------------------------------------
+
 _RECOMPUTE = ("none", "selective", "full")
 
 
 def activation_bytes(seq: int, batch: int, hidden: int, heads: int, layers: int, *,
-                     recompute: str = "none") -> float:
-    """Bytes of activations a transformer keeps for its backward pass, 16-bit, no parallelism
-    [korthikanti2022reducing]: per layer s·b·h·(34 + 5·a·s/h) with no recomputation, 34·s·b·h when
-    attention's s×s tensors are recomputed ("selective"), 2·s·b·h when only each layer's input is
-    kept and the rest recomputed ("full")."""
+                     recompute: str = "none", tensor_parallel: int = 1) -> float:
+    """Bytes of activations a GPT-style transformer (LayerNorm, dropout, GeLU, multi-head attention
+    whose s×s scores are stored) keeps for its backward pass, 16-bit [korthikanti2022reducing]: per
+    layer s·b·h·(34 + 5·a·s/h) with no recomputation, 34·s·b·h when attention's s×s tensors are
+    recomputed ("selective"), 2·s·b·h when only each layer's input is kept ("full"). With tensor
+    parallelism over ``tensor_parallel`` chips and sequence parallelism (Megatron's practice), every
+    term is divided by t: these are the bytes on one chip of the tensor-parallel group."""
     s = _checks.count("seq", seq)
     b = _checks.count("batch", batch)
     h = _checks.count("hidden", hidden)
     a = _checks.count("heads", heads)
     n = _checks.count("layers", layers)
+    t = _checks.count("tensor_parallel", tensor_parallel)
     mode = _checks.choice("recompute", recompute, _RECOMPUTE)
     per_token = {"none": 34 + 5 * a * s / h, "selective": 34.0, "full": 2.0}[mode]
-    return float(n * s * b * h * per_token)
+    return float(n * s * b * h * per_token / t)
+
+
+def llama_activation_bytes(seq: int, batch: int, hidden: int, heads: int, kv_heads: int, ffn: int,
+                           layers: int, *, recompute: str = "none", tensor_parallel: int = 1) -> float:
+    """Bytes of activations a Llama-style layer keeps for its backward pass, 16-bit values, on one
+    chip of a tensor- and sequence-parallel group of ``tensor_parallel`` chips.
+
+    The tensors, counted as Korthikanti et al. count GPT's [korthikanti2022reducing], per token:
+    the two RMSNorm inputs and outputs (4·h values), the query (h), the keys and values
+    (2·h·kv_heads/heads: grouped-query attention), FlashAttention's output, which is also the output
+    projection's input (h) [dao2022flashattention], and SwiGLU's gate and up projections and their
+    product, the down projection's input (3·ffn, as a fused SwiGLU kernel keeps them; unfused
+    autograd also keeps the SiLU's output), all 2 bytes; plus one fp32 softmax statistic per
+    head (4·heads bytes). No dropout, no s×s tensor. Full recomputation keeps only each layer's
+    input, 2·h bytes per token. Every term divides by t (sequence parallelism shards the norms)."""
+    s = _checks.count("seq", seq)
+    b = _checks.count("batch", batch)
+    h = _checks.count("hidden", hidden)
+    a = _checks.count("heads", heads)
+    kv = _checks.count("kv_heads", kv_heads)
+    f = _checks.count("ffn", ffn)
+    n = _checks.count("layers", layers)
+    t = _checks.count("tensor_parallel", tensor_parallel)
+    mode = _checks.choice("recompute", recompute, ("none", "full"))
+    if kv > a:
+        raise ValueError(f"kv_heads must be <= heads ({a}), got {kv}")
+    per_token = 2.0 * h if mode == "full" else 2.0 * (6 * h + 2 * h * kv / a + 3 * f) + 4.0 * a
+    return float(n * s * b * per_token / t)
+
+
+def logits_bytes(seq: int, batch: int, vocab: int, *, tensor_parallel: int = 1) -> float:
+    """Bytes of the fp32 logits the cross-entropy keeps, 4·s·b·v/t [korthikanti2022reducing]: for a
+    large vocabulary, as much as a layer's activations."""
+    return float(4 * _checks.count("seq", seq) * _checks.count("batch", batch) * _checks.count("vocab", vocab)
+                 / _checks.count("tensor_parallel", tensor_parallel))
+
+
+def training_flop_per_token(params: float, recompute: str = "none") -> float:
+    """FLOP per token of a training step: 6·N (2 forward, 4 backward) [kaplan2020scaling], and 8·N
+    with full recomputation, which runs the forward pass twice [korthikanti2022reducing]; selective
+    recomputation adds only attention's s×s products, which 6·N does not count."""
+    params = _checks.positive("params", params)
+    mode = _checks.choice("recompute", recompute, _RECOMPUTE)
+    extra = market.FORWARD_FLOP_PER_PARAM if mode == "full" else 0.0
+    return (market.TRAINING_FLOP_PER_PARAM + extra) * params
 
 
 def kv_cache_bytes(layers: int, kv_heads: int, head_dim: int, seq: int, batch: int, fmt: str) -> float:
@@ -121,9 +181,20 @@ def kv_cache_bytes(layers: int, kv_heads: int, head_dim: int, seq: int, batch: i
     return values * fmt_bytes(fmt)
 
 
+def latent_kv_cache_bytes(layers: int, latent_dim: int, seq: int, batch: int, fmt: str) -> float:
+    """Bytes of a multi-head latent attention cache: ``latent_dim`` values per layer and token (the
+    compressed key-value latent and the shared rotary key, 512 + 64 for DeepSeek-V3)
+    [deepseekai2024deepseekv3]: layers · latent_dim · seq · batch · bytes."""
+    values = (_checks.count("layers", layers) * _checks.count("latent_dim", latent_dim)
+              * _checks.count("seq", seq, minimum=0) * _checks.count("batch", batch))
+    return values * fmt_bytes(fmt)
+
+
 # --- chips and their memory tiers ------------------------------------------------------------------
 
 TIERS = ("SRAM", "HBM", "DDR")
+#: Tiers fast enough for what every pass reads (weights, gradients, activations, KV cache).
+FAST_TIERS = ("SRAM", "HBM")
 _CAPACITY = {"SRAM": ("sram_mb", 1e6), "HBM": ("hbm_gb", 1e9), "DDR": ("ddr_gb", 1e9)}
 _BANDWIDTH = {"SRAM": "sram_bandwidth_gb_s", "HBM": "hbm_bandwidth_gb_s", "DDR": "ddr_bandwidth_gb_s"}
 
@@ -147,14 +218,26 @@ def tier_bandwidth(chip: Mapping, tier: str) -> float:
     return _number(chip, _BANDWIDTH[_checks.choice("tier", tier, TIERS)]) * 1e9
 
 
-def chips_needed(need_bytes: float, chip: Mapping, tiers: tuple[str, ...]) -> float:
-    """Fewest chips whose ``tiers`` together hold ``need_bytes``, split perfectly across chips
-    (a lower bound: no replication, no fragmentation); inf where those tiers hold nothing."""
-    need_bytes = _checks.positive("need_bytes", need_bytes)
+def _ceil(ratio: float) -> float:
+    # ratios such as 1.0000000000000002 from binary fractions are whole numbers
+    return float(math.ceil(ratio - 1e-9 * ratio))
+
+
+def chips_needed(fast_bytes: float, chip: Mapping, tiers: tuple[str, ...], *,
+                 slow_bytes: float = 0.0) -> float:
+    """Fewest chips whose ``tiers`` hold ``fast_bytes`` (what every pass reads: weights, gradients,
+    activations, KV cache) in their fast tiers (SRAM, HBM) and ``slow_bytes`` (what is touched once
+    a step, such as optimizer state) anywhere, split perfectly across chips (a lower bound: no
+    replication, no fragmentation); inf where those tiers cannot hold them."""
+    fast_bytes = _checks.positive("fast_bytes", fast_bytes)
+    slow_bytes = _checks.non_negative("slow_bytes", slow_bytes)
     if not tiers:
         raise ValueError("tiers must name at least one of " + ", ".join(TIERS))
-    per_chip = sum(tier_bytes(chip, t) for t in tiers)
-    return math.inf if per_chip == 0 else float(math.ceil(need_bytes / per_chip))
+    capacity = {t: tier_bytes(chip, t) for t in tiers}
+    fast = sum(c for t, c in capacity.items() if t in FAST_TIERS)
+    if fast == 0:
+        return math.inf
+    return max(_ceil(fast_bytes / fast), _ceil((fast_bytes + slow_bytes) / sum(capacity.values())))
 
 
 def weight_tier(chip: Mapping) -> str:
@@ -162,21 +245,86 @@ def weight_tier(chip: Mapping) -> str:
     return "HBM" if tier_bytes(chip, "HBM") > 0 else "SRAM"
 
 
+def chips_for_compute(train_flop: float, peak_flop_s: float, utilisation: float, days: float) -> float:
+    """Fewest chips that execute ``train_flop`` FLOP within ``days`` days when each sustains the
+    fraction ``utilisation`` of its peak ``peak_flop_s``: ⌈F / (P · u · 86 400 · days)⌉."""
+    train_flop = _checks.positive("train_flop", train_flop)
+    peak_flop_s = _checks.positive("peak_flop_s", peak_flop_s)
+    utilisation = _checks.fraction("utilisation", utilisation)
+    days = _checks.positive("days", days)
+    return _ceil(train_flop / (peak_flop_s * utilisation * SECONDS_PER_DAY * days))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A training run's parallel layout: ``tensor`` × ``context`` × ``pipeline`` × ``data`` chips,
+    optimizer state sharded over the data-parallel chips by ZeRO stage ``zero_stage``, and
+    ``in_flight`` micro-batches whose activations a pipeline stage keeps at once (a 1F1B schedule's
+    first stage keeps as many as there are stages)."""
+
+    tensor: int
+    pipeline: int
+    data: int
+    context: int = 1
+    zero_stage: int = 1
+    in_flight: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("tensor", "pipeline", "data", "context", "in_flight"):
+            _checks.count(name, getattr(self, name))
+        _checks.choice("zero_stage", self.zero_stage, _ZERO_SHARDS)
+
+    @property
+    def chips(self) -> int:
+        return self.tensor * self.context * self.pipeline * self.data
+
+
+def layout_bytes_per_chip(params: float, recipe_name: str, layout: Layout, *,
+                          activations_per_microbatch: float) -> dict[str, float]:
+    """Bytes one chip holds in ``layout``: its share of the weights, gradients and optimizer state
+    (the model split over tensor × pipeline chips, then ZeRO over the data-parallel ones), and the
+    activations of ``layout.in_flight`` micro-batches of its pipeline stage, where
+    ``activations_per_microbatch`` is the whole model's activations for one micro-batch on one
+    chip of the tensor group (e.g. :func:`llama_activation_bytes` with ``tensor_parallel``), so it is
+    divided by the pipeline stages and the context-parallel chips here."""
+    share = _checks.positive("params", params) / (layout.tensor * layout.pipeline)
+    r = recipe(recipe_name)
+    act = _checks.non_negative("activations_per_microbatch", activations_per_microbatch)
+    sharded = _ZERO_SHARDS[layout.zero_stage]
+    part = {"weights": r.weights, "gradients": r.grads, "optimizer state": r.optimizer}
+    key = {"weights": "weights", "gradients": "grads", "optimizer state": "optimizer"}
+    out = {k: share * b / (layout.data if key[k] in sharded else 1) for k, b in part.items()}
+    out["activations"] = act / (layout.pipeline * layout.context) * layout.in_flight
+    return out
+
+
 # --- bandwidth -----------------------------------------------------------------------------------
+
+
+def decode_intensity(params: float, bytes_per_param: float, batch: float,
+                     kv_bytes_per_seq: float = 0.0) -> float:
+    """FLOP per byte read of one decode step of ``batch`` sequences: 2·N·B FLOP over the weights
+    (N·b bytes) and each sequence's KV cache (B·M_KV bytes), 2NB / (Nb + B·M_KV). It grows with B
+    towards 2N/M_KV, so with a KV cache decode may never reach a chip's ridge point. Attention's
+    own FLOP over the cache (2 per cached value for each query head that reads it) are left out:
+    they raise the intensity a little, not its order."""
+    params = _checks.positive("params", params)
+    b = _checks.positive("bytes_per_param", bytes_per_param)
+    batch = _checks.positive("batch", batch)
+    kv = _checks.non_negative("kv_bytes_per_seq", kv_bytes_per_seq)
+    return market.FORWARD_FLOP_PER_PARAM * params * batch / (params * b + batch * kv)
 
 
 def decode_tokens_per_s(params: float, bytes_per_param: float, batch: float, *, bandwidth_b_s: float,
                         peak_flop_s: float, kv_bytes_per_seq: float = 0.0) -> float:
     """Upper bound on the tokens per second a batch of ``batch`` sequences decodes: each step reads
     every weight and each sequence's KV cache once and does 2·N·B FLOP, so tokens/s ≤
-    min(peak / 2N, B · bandwidth / bytes read per step). The roofline is
-    :func:`chipbook.market.decode_utilisation`, with the KV bytes added to the bytes per parameter."""
-    params = _checks.positive("params", params)
-    batch = _checks.positive("batch", batch)
-    kv = _checks.non_negative("kv_bytes_per_seq", kv_bytes_per_seq)
-    per_param = _checks.positive("bytes_per_param", bytes_per_param) + batch * kv / params
-    use = market.decode_utilisation(batch, peak_flop_s, bandwidth_b_s, per_param)
-    return use * peak_flop_s / (market.FORWARD_FLOP_PER_PARAM * params)
+    min(peak, intensity · bandwidth) / 2N (the roofline of :func:`decode_intensity`). Without a KV
+    cache this is :func:`chipbook.market.decode_utilisation` times peak / 2N."""
+    bandwidth_b_s = _checks.positive("bandwidth_b_s", bandwidth_b_s)
+    peak_flop_s = _checks.positive("peak_flop_s", peak_flop_s)
+    intensity = decode_intensity(params, bytes_per_param, batch, kv_bytes_per_seq)
+    return min(peak_flop_s, intensity * bandwidth_b_s) / (market.FORWARD_FLOP_PER_PARAM * params)
 
 
 def matmul_intensity(m: float, k: float, n: float, bytes_per_value: float) -> float:
@@ -187,28 +335,57 @@ def matmul_intensity(m: float, k: float, n: float, bytes_per_value: float) -> fl
     return 2 * m * k * n / ((m * k + k * n + m * n) * b)
 
 
-def step_traffic_bytes(params: float, recipe_name: str) -> float:
-    """Bytes one training step moves to and from the memory that holds the training state: the
-    forward and backward passes read the weights (twice), the backward pass writes the gradients,
-    and the optimizer reads the gradients, reads and writes the master weights and moments, and
-    writes the new working weights: N·(3·w + 2·g + 2·optimizer)."""
+def step_traffic_bytes(params: float, recipe_name: str, *, micro_batches: int = 1) -> float:
+    """Bytes one optimizer step moves to and from memory when it accumulates gradients over
+    ``micro_batches`` micro-batches: each micro-batch reads the weights twice (forward and backward)
+    and adds into the gradients (written once, then read and written), and the optimizer reads the
+    gradients, reads and writes the master weights and moments, and writes the new working weights:
+    N·((2k+1)·w + 2k·g + 2·optimizer)."""
     params = _checks.positive("params", params)
     r = recipe(recipe_name)
-    return params * (3 * r.weights + 2 * r.grads + 2 * r.optimizer)
+    k = _checks.count("micro_batches", micro_batches)
+    return params * ((2 * k + 1) * r.weights + 2 * k * r.grads + 2 * r.optimizer)
 
 
-def step_time_bound(params: float, recipe_name: str, tokens: float, *, bandwidth_b_s: float,
-                    peak_flop_s: float) -> float:
-    """Lower bound on the seconds of one training step of ``tokens`` tokens on one chip: the longer
-    of 6·N·tokens / peak and the state traffic / bandwidth (the two overlap at best)."""
+def optimizer_traffic_bytes(params: float, recipe_name: str) -> float:
+    """The part of :func:`step_traffic_bytes` that touches only the optimizer state (master weights
+    and moments, read and written once a step): 2·N·optimizer. It is all a slow tier must carry
+    when weights and gradients stay in the fast ones."""
+    return _checks.positive("params", params) * 2 * recipe(recipe_name).optimizer
+
+
+def step_time_bound(params: float, recipe_name: str, tokens: float, *, peak_flop_s: float,
+                    fast_b_s: float, slow_b_s: float | None = None, micro_batches: int = 1) -> float:
+    """Lower bound on the seconds of one optimizer step of ``tokens`` tokens on a chip holding
+    ``params`` parameters: the longest of 6·N·tokens / peak, the fast tier's traffic / ``fast_b_s``
+    and, where the optimizer state lives in a slow tier of bandwidth ``slow_b_s``, its traffic
+    (:func:`optimizer_traffic_bytes`) / ``slow_b_s``. The three may overlap, at best fully."""
     tokens = _checks.positive("tokens", tokens)
-    bandwidth_b_s = _checks.positive("bandwidth_b_s", bandwidth_b_s)
     peak_flop_s = _checks.positive("peak_flop_s", peak_flop_s)
-    compute = market.training_flops(params, tokens) / peak_flop_s
-    return max(compute, step_traffic_bytes(params, recipe_name) / bandwidth_b_s)
+    fast_b_s = _checks.positive("fast_b_s", fast_b_s)
+    total = step_traffic_bytes(params, recipe_name, micro_batches=micro_batches)
+    compute = training_flop_per_token(params) * tokens / peak_flop_s
+    if slow_b_s is None:
+        return max(compute, total / fast_b_s)
+    slow_b_s = _checks.positive("slow_b_s", slow_b_s)
+    slow = optimizer_traffic_bytes(params, recipe_name)
+    return max(compute, (total - slow) / fast_b_s, slow / slow_b_s)
 
 
-# --- a small network in numpy, measured with tracemalloc -------------------------------------------
+def crossover_tokens(traffic_bytes_per_param: float, peak_flop_s: float, bandwidth_b_s: float) -> float:
+    """Tokens at which 6·N FLOP per token take as long as moving ``traffic_bytes_per_param``·N bytes
+    at ``bandwidth_b_s``: traffic · peak / (6 · bandwidth), whatever N. Below it memory, above it
+    arithmetic, sets the pace."""
+    traffic = _checks.positive("traffic_bytes_per_param", traffic_bytes_per_param)
+    peak_flop_s = _checks.positive("peak_flop_s", peak_flop_s)
+    bandwidth_b_s = _checks.positive("bandwidth_b_s", bandwidth_b_s)
+    return traffic * peak_flop_s / (market.TRAINING_FLOP_PER_PARAM * bandwidth_b_s)
+
+
+# --- a small network in numpy, trained with Adam, measured with tracemalloc ------------------------
+
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
 
 
 def mlp_weights(depth: int, width: int, seed: int = 0) -> list[np.ndarray]:
@@ -217,6 +394,20 @@ def mlp_weights(depth: int, width: int, seed: int = 0) -> list[np.ndarray]:
     width = _checks.count("width", width)
     rng = np.random.default_rng(_checks.count("seed", seed, minimum=0))
     return [(rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32) for _ in range(depth)]
+
+
+@dataclass
+class AdamState:
+    """Adam's two moments for each weight matrix, float32 (the fp32 recipe: 8 bytes per parameter),
+    and the number of steps taken [kingma2015adam]."""
+
+    m: list[np.ndarray]
+    v: list[np.ndarray]
+    step: int = 0
+
+    @classmethod
+    def zeros(cls, weights: list[np.ndarray]) -> AdamState:
+        return cls([np.zeros_like(w) for w in weights], [np.zeros_like(w) for w in weights])
 
 
 def _forward(weights: list[np.ndarray], x: np.ndarray, keep: bool):
@@ -229,9 +420,29 @@ def _forward(weights: list[np.ndarray], x: np.ndarray, keep: bool):
     return x, kept
 
 
-def train_step(weights: list[np.ndarray], x: np.ndarray, target: np.ndarray, lr: float = 1e-3) -> float:
-    """One step of SGD on the mean-squared error of a ReLU MLP: the forward pass keeps each layer's
-    input and pre-activation for the backward pass. Updates ``weights`` in place; returns the loss."""
+def _adam_update(w: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, step: int, lr: float) -> None:
+    """One Adam update of ``w`` in place, through a single weight-sized scratch array."""
+    b1, b2 = ADAM_BETAS
+    scratch = np.multiply(g, 1 - b1)
+    m *= b1
+    m += scratch
+    np.multiply(g, g, out=scratch)
+    scratch *= 1 - b2
+    v *= b2
+    v += scratch
+    np.sqrt(v, out=scratch)
+    scratch /= math.sqrt(1 - b2**step)
+    scratch += ADAM_EPS
+    np.divide(m, scratch, out=scratch)
+    scratch *= lr / (1 - b1**step)
+    w -= scratch
+
+
+def train_step(weights: list[np.ndarray], x: np.ndarray, target: np.ndarray, lr: float = 1e-3,
+               adam: AdamState | None = None) -> float:
+    """One step on the mean-squared error of a ReLU MLP: the forward pass keeps each layer's input
+    and pre-activation for the backward pass; the update is Adam's when ``adam`` is given (its
+    moments updated in place), plain SGD otherwise. Updates ``weights`` in place; returns the loss."""
     out, kept = _forward(weights, x, keep=True)
     diff = out - target
     loss = float(np.mean(diff * diff))
@@ -241,8 +452,13 @@ def train_step(weights: list[np.ndarray], x: np.ndarray, target: np.ndarray, lr:
         grad = grad * (z > 0)
         grads.append(inp.T @ grad)
         grad = grad @ w.T
-    for w, g in zip(weights, reversed(grads), strict=True):
-        w -= lr * g
+    if adam is not None:
+        adam.step += 1
+    for i, (w, g) in enumerate(zip(weights, reversed(grads), strict=True)):
+        if adam is None:
+            w -= lr * g
+        else:
+            _adam_update(w, g, adam.m[i], adam.v[i], adam.step, lr)
     return loss
 
 
@@ -251,44 +467,63 @@ def infer(weights: list[np.ndarray], x: np.ndarray) -> np.ndarray:
     return _forward(weights, x, keep=False)[0]
 
 
-def peak_bytes(depth: int, width: int, batch: int, *, training: bool, seed: int = 0) -> int:
-    """Peak bytes that tracemalloc sees allocated during one training step (or one forward pass) of
-    a seeded MLP, above what was allocated before the step (the weights and the input), rounded to
-    whole KiB: tracemalloc also counts Python's own small objects, a few dozen bytes that vary from
-    process to process (with hash randomisation), while numpy's buffers are tens of KiB."""
-    weights = mlp_weights(depth, width, seed)
-    rng = np.random.default_rng(seed + 1)
-    x = rng.standard_normal((_checks.count("batch", batch), width)).astype(np.float32)
-    target = rng.standard_normal((batch, width)).astype(np.float32)
+def peak_bytes(depth: int, width: int, batch: int, *, training: bool, seed: int = 0,
+               resolution: int = 32 * KIB) -> int:
+    """Peak bytes that tracemalloc sees allocated while a seeded MLP trains one Adam step (or runs
+    one forward pass), counting everything the step needs: the weights, Adam's moments, the input
+    (and the target), the kept activations, the gradients and the temporaries. The step is run
+    twice and the second is measured (the first also allocates numpy's one-off internals and, for
+    Adam, takes the first step). Rounded to whole multiples of ``resolution`` bytes: tracemalloc
+    also counts Python's own objects (lists, tuples, array headers), a few KiB of which a few
+    hundred bytes vary from run to run and process to process, while numpy's buffers in the
+    chapter's runs are whole multiples of 32 KiB."""
+    depth = _checks.count("depth", depth)
+    width = _checks.count("width", width)
+    batch = _checks.count("batch", batch)
+    resolution = _checks.count("resolution", resolution)
     started = tracemalloc.is_tracing()
     if not started:
         tracemalloc.start()
     try:
+        base = tracemalloc.get_traced_memory()[0]
+        weights = mlp_weights(depth, width, seed)
+        rng = np.random.default_rng(seed + 1)
+        x = rng.standard_normal((batch, width)).astype(np.float32)
+        target = rng.standard_normal((batch, width)).astype(np.float32) if training else None
+        adam = AdamState.zeros(weights) if training else None
         peak = 0
-        for _ in range(2):  # the first pass may also allocate numpy's one-off internals
+        for _ in range(2):
             tracemalloc.reset_peak()
-            base = tracemalloc.get_traced_memory()[0]
             if training:
-                train_step(weights, x, target)
+                train_step(weights, x, target, adam=adam)
             else:
                 infer(weights, x)
             peak = tracemalloc.get_traced_memory()[1] - base
-        return KIB * round(peak / KIB)
+        return resolution * round(peak / resolution)
     finally:
         if not started:
             tracemalloc.stop()
 
 
-def mlp_model_bytes(depth: int, width: int, batch: int, *, training: bool, itemsize: int = 4) -> float:
-    """The chapter's model of :func:`peak_bytes`: training keeps, per layer, the input and the
-    pre-activation (2·B·W values) and a gradient (W² values); at its peak the backward pass also
-    holds the incoming and outgoing gradients (2·B·W) and one weight-sized temporary while it
-    updates the weights; inference holds at most three activations at a time (a layer's
-    input, its pre-activation and its output), the first of which existed before the pass."""
+def mlp_model_bytes(depth: int, width: int, batch: int, *, training: bool,
+                    itemsize: int = 4) -> dict[str, float]:
+    """The chapter's model of :func:`peak_bytes`, part by part, in bytes. Persistent: the weights
+    (L·W² values) and, in training, Adam's two moments (2·L·W², the moments of
+    :data:`RECIPES` "fp32-adam") and the input and target (2·B·W); inference, the input (B·W).
+    At the training peak, during the last update: each layer's kept input and pre-activation
+    (2·B·W per layer), every layer's gradient (L·W²), the update's scratch array (W²) and the two
+    B×W gradients left from the backward pass. Inference holds, beside the input, at most three
+    activations at a time (a layer's input, its pre-activation and its output) once L ≥ 2."""
     depth = _checks.count("depth", depth)
     width = _checks.count("width", width)
     batch = _checks.count("batch", batch)
+    w2, bw = width * width, batch * width
     if training:
-        return float(itemsize * (depth * (2 * batch * width + width * width) + width * width
-                                 + 2 * batch * width))
-    return float(itemsize * batch * width * min(2 * depth, 3))
+        r = recipe("fp32-adam")
+        parts = {"weights": r.weights / itemsize * depth * w2,
+                 "optimizer state": r.moments / itemsize * depth * w2,
+                 "gradients": r.grads / itemsize * depth * w2, "activations": 2 * depth * bw,
+                 "inputs and temporaries": 2 * bw + w2 + 2 * bw}
+    else:
+        parts = {"weights": depth * w2, "activations": min(2 * depth, 3) * bw, "inputs and temporaries": bw}
+    return {k: float(itemsize * v) for k, v in parts.items()}

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chipbook import _checks, data
+from chipbook import _checks, data, market
 from chipbook import memory as m
 
 F32 = np.dtype(np.float32).itemsize
@@ -98,6 +98,54 @@ def test_activation_bytes_match_the_listed_tensors(s, b, h, a, layers):
     assert m.activation_bytes(s, b, h, a, layers, recompute="full") == 2 * s * b * h * layers
 
 
+@pytest.mark.parametrize("t", [2, 8])
+def test_tensor_and_sequence_parallelism_divide_every_term(t):
+    # Korthikanti et al. eq. 5: sbh(34/t + 5as/(ht)) per layer on each of t chips
+    total, _ = _listed_tensors(2048, 1, 12288, 96)
+    assert m.activation_bytes(2048, 1, 12288, 96, 1, tensor_parallel=t) == pytest.approx(total / t)
+
+
+def _llama_layer_saved_bytes(s, b, h, a, kv, f):
+    """Allocate the tensors a Llama layer's backward pass needs (bf16; softmax statistic fp32),
+    as a FlashAttention implementation saves them, and add their bytes."""
+    bf16, d = ml_dtypes.bfloat16, h // a
+    saved = [np.zeros((s, b, h), bf16),           # attention RMSNorm input (the residual stream)
+             np.zeros((s, b, h), bf16),           # its output, the QKV projection's input
+             np.zeros((s, b, a, d), bf16),        # Q after RoPE
+             np.zeros((s, b, kv, d), bf16),       # K after RoPE
+             np.zeros((s, b, kv, d), bf16),       # V
+             np.zeros((s, b, a, d), bf16),        # FlashAttention output = output projection input
+             np.zeros((b, a, s), np.float32),     # FlashAttention's log-sum-exp per head and token
+             np.zeros((s, b, h), bf16),           # MLP RMSNorm input
+             np.zeros((s, b, h), bf16),           # its output, the gate and up projections' input
+             np.zeros((s, b, f), bf16),           # gate projection (SiLU's input)
+             np.zeros((s, b, f), bf16),           # up projection
+             np.zeros((s, b, f), bf16)]           # SiLU(gate) · up, the down projection's input
+    return sum(x.nbytes for x in saved)
+
+
+@pytest.mark.parametrize(("s", "b", "h", "a", "kv", "f"),
+                         [(64, 2, 256, 8, 2, 688), (128, 1, 512, 8, 8, 1376)])
+def test_llama_activations_match_the_allocated_tensors(s, b, h, a, kv, f):
+    layers = 3
+    expected = layers * _llama_layer_saved_bytes(s, b, h, a, kv, f)
+    assert m.llama_activation_bytes(s, b, h, a, kv, f, layers) == expected
+    assert m.llama_activation_bytes(s, b, h, a, kv, f, layers, tensor_parallel=4) == pytest.approx(
+        layers * _llama_layer_saved_bytes(s, b, h, a, kv, f) / 4)
+    assert m.llama_activation_bytes(s, b, h, a, kv, f, layers, recompute="full") == layers * 2 * s * b * h
+
+
+def test_logits_are_fp32_over_the_vocabulary():
+    assert m.logits_bytes(16, 2, 1000) == np.zeros((16, 2, 1000), np.float32).nbytes
+    assert m.logits_bytes(16, 2, 1000, tensor_parallel=8) == np.zeros((16, 2, 1000), np.float32).nbytes / 8
+
+
+def test_full_recomputation_costs_a_second_forward_pass():
+    # Korthikanti et al.: full recomputation adds a forward pass, 33% more than the 6N of training
+    assert m.training_flop_per_token(1e9, "full") == pytest.approx(6e9 * 4 / 3)
+    assert m.training_flop_per_token(1e9) == m.training_flop_per_token(1e9, "selective") == 6e9
+
+
 # --- KV cache -----------------------------------------------------------------------------------------
 
 
@@ -111,6 +159,14 @@ def test_kv_cache_by_allocating_it():
     layers, kv_heads, head_dim, seq, batch = 3, 2, 16, 10, 4
     cache = [np.zeros((2, batch, kv_heads, seq, head_dim), dtype=ml_dtypes.bfloat16) for _ in range(layers)]
     assert m.kv_cache_bytes(layers, kv_heads, head_dim, seq, batch, "bf16") == sum(c.nbytes for c in cache)
+
+
+def test_latent_cache_by_allocating_it():
+    layers, latent, seq, batch = 3, 40, 7, 2
+    cache = [np.zeros((batch, seq, latent), dtype=ml_dtypes.bfloat16) for _ in range(layers)]
+    assert m.latent_kv_cache_bytes(layers, latent, seq, batch, "bf16") == sum(c.nbytes for c in cache)
+    # DeepSeek-V3: 61 layers × (512 latent + 64 rotary key) bf16 values per token
+    assert m.latent_kv_cache_bytes(61, 512 + 64, 1, 1, "bf16") == 70_272
 
 
 def test_grouped_query_attention_shrinks_the_cache_by_the_group_size():
@@ -132,16 +188,20 @@ def _size(high):
     return st.one_of(st.just(0.0), st.floats(0.5, high))  # a tier is absent or of a real size
 
 
-@given(need=st.floats(1e3, 1e16), sram=_size(1e5), hbm=_size(300), ddr=_size(2000))
-def test_chips_needed_is_the_smallest_count_that_holds(need, sram, hbm, ddr):
+@given(fast=st.floats(1e3, 1e9), slow=st.one_of(st.just(0.0), st.floats(1e3, 1e10)), sram=_size(1e5),
+       hbm=_size(300), ddr=_size(2000))
+def test_chips_needed_is_the_smallest_count_that_holds(fast, slow, sram, hbm, ddr):
+    # brute force: the first n whose fast tiers take the fast bytes and whose tiers together take all
     chip = {"sram_mb": sram, "hbm_gb": hbm, "ddr_gb": ddr}
-    capacity = sram * 1e6 + hbm * 1e9 + ddr * 1e9
-    got = m.chips_needed(need, chip, m.TIERS)
-    if capacity == 0:
+    fast_cap = sram * 1e6 + hbm * 1e9
+    got = m.chips_needed(fast, chip, m.TIERS, slow_bytes=slow)
+    if fast_cap == 0:
         assert got == math.inf
         return
-    assert got * capacity >= need * (1 - 1e-12)
-    assert (got - 1) * capacity < need
+    n = 1
+    while n * fast_cap < fast * (1 - 1e-12) or n * (fast_cap + ddr * 1e9) < (fast + slow) * (1 - 1e-12):
+        n += 1
+    assert got == n
 
 
 def test_chips_needed_treats_missing_tiers_as_absent(chips):
@@ -151,6 +211,35 @@ def test_chips_needed_treats_missing_tiers_as_absent(chips):
     assert m.weight_tier(groq) == "SRAM" and m.weight_tier(chips.loc["NVIDIA H100 SXM"]) == "HBM"
     sn40l = chips.loc["SambaNova SN40L"]
     assert m.tier_bytes(sn40l, "DDR") == 1.5e12 and math.isnan(m.tier_bandwidth(sn40l, "DDR"))
+
+
+def test_ddr_takes_only_the_slow_bytes(chips):
+    # SN40L: 520 MB SRAM + 64 GB HBM per socket. 2.2 TB that every pass reads need 2.2e12 / 64.52e9
+    # = 34.1, so 35 sockets, however much DDR there is; 4.86 TB of optimizer state fit in their DDR.
+    sn40l = chips.loc["SambaNova SN40L"]
+    assert m.chips_needed(2.2e12, sn40l, m.TIERS, slow_bytes=4.86e12) == 35
+    assert m.chips_needed(2.2e12, sn40l, ("SRAM", "HBM"), slow_bytes=4.86e12) == math.ceil(7.06e12 / 64.52e9)
+    assert m.chips_needed(1e9, sn40l, ("DDR",)) == math.inf  # no fast tier among those allowed
+
+
+def test_one_tier_rule_across_vendors(chips):
+    # host memory behind PCIe and external appliances are not tiers; a superchip's CPU memory is
+    assert math.isnan(chips.loc["Cerebras WSE-3", "ddr_gb"])
+    assert math.isnan(chips.loc["NVIDIA B200 (DGX B200)", "ddr_gb"])
+    assert chips.loc["NVIDIA GH200 (Grace Hopper, 96 GB)", "ddr_gb"] > 0
+    assert chips.loc["NVIDIA GB200 (per Blackwell GPU)", "ddr_gb"] > 0
+
+
+def test_chips_for_compute_against_gpu_hours_and_the_issue_range():
+    # the same run counted in accelerator-hours by the market chapter's formula
+    runs = [(3.8e25, 989e12, 0.4, 90), (4.2e20, 188e12, 0.41, 1), (1e24, 312e12, 0.5, 30)]
+    for flop, peak, use, days in runs:
+        hours = market.gpu_hours(flop, peak, use)
+        assert m.chips_for_compute(flop, peak, use, days) == math.ceil(hours / (24 * days))
+    # Llama 3.1 405B (3.8e25 FLOP) on H100s at 40% of peak: about 12,000 chips in 90 days, 21,000 in 54
+    assert 12_000 <= m.chips_for_compute(3.8e25, 989e12, 0.4, 90) <= 12_500
+    assert 20_000 <= m.chips_for_compute(3.8e25, 989e12, 0.4, 54) <= 21_000
+    assert m.chips_for_compute(1.0, 1.0, 1.0, 1 / 86_400) == 1  # exactly one chip-second
 
 
 # --- bandwidth ----------------------------------------------------------------------------------------
@@ -172,20 +261,57 @@ def test_matmul_intensity_counts_flops_and_bytes_of_real_arrays():
     assert m.matmul_intensity(mm, kk, nn, 4) == pytest.approx(flop / (a.nbytes + w.nbytes + out.nbytes))
 
 
+def test_decode_intensity_tends_to_two_n_over_the_kv_cache():
+    # Llama 2 70B, bf16, 4K context: M_KV = 2·80·8·128·4096·2 bytes; 2N/M_KV is about 104 FLOP/byte
+    kv = 2 * 80 * 8 * 128 * 4096 * 2
+    assert m.decode_intensity(7e10, 2, 1, kv) == pytest.approx(2 * 7e10 / (1.4e11 + kv))
+    assert m.decode_intensity(7e10, 2, 1e9, kv) == pytest.approx(2 * 7e10 / kv, rel=1e-3)
+    assert 2 * 7e10 / kv == pytest.approx(104, abs=1)
+    assert m.decode_intensity(7e10, 2, 512) == 512  # no KV cache: 2B/b
+
+
 def test_step_traffic_by_hand_for_mixed_adam():
     # forward reads bf16 weights (2), backward reads them (2) and writes bf16 gradients (2); the
     # optimizer reads the gradients (2), reads and writes fp32 master, m, v (12 + 12) and writes the
     # new bf16 weights (2): 34 bytes per parameter.
     assert m.step_traffic_bytes(1e9, "mixed-adam") == 34e9
+    # three micro-batches: weights read 6 times and written once (14), gradients written once, then
+    # read and written twice, then read by the optimizer (6 × 2 = 12), optimizer state 24: 50
+    assert m.step_traffic_bytes(1e9, "mixed-adam", micro_batches=3) == 50e9
+    assert m.optimizer_traffic_bytes(1e9, "mixed-adam") == 24e9
 
 
 def test_step_time_crosses_over_where_traffic_equals_compute():
     n, peak, bw = 1e9, 1e15, 1e12
     crossover = 34 * n / bw / (6 * n / peak)
-    below = m.step_time_bound(n, "mixed-adam", crossover / 2, bandwidth_b_s=bw, peak_flop_s=peak)
-    above = m.step_time_bound(n, "mixed-adam", crossover * 2, bandwidth_b_s=bw, peak_flop_s=peak)
+    below = m.step_time_bound(n, "mixed-adam", crossover / 2, fast_b_s=bw, peak_flop_s=peak)
+    above = m.step_time_bound(n, "mixed-adam", crossover * 2, fast_b_s=bw, peak_flop_s=peak)
     assert below == pytest.approx(34 * n / bw)
     assert above == pytest.approx(6 * n * crossover * 2 / peak)
+    assert m.crossover_tokens(34, peak, bw) == pytest.approx(crossover)
+
+
+def test_optimizer_state_in_a_slow_tier_costs_time_only_below_its_crossover():
+    n, peak, fast, slow = 1e9, 1e15, 3e12, 1e11
+    t_star = m.crossover_tokens(24, peak, slow)  # 2·o = 24 bytes per parameter once a step
+    assert t_star == pytest.approx(24 * peak / (6 * slow))
+    small = m.step_time_bound(n, "mixed-adam", t_star / 4, peak_flop_s=peak, fast_b_s=fast, slow_b_s=slow)
+    large = m.step_time_bound(n, "mixed-adam", t_star * 4, peak_flop_s=peak, fast_b_s=fast, slow_b_s=slow)
+    assert small == pytest.approx(24 * n / slow)
+    assert large == pytest.approx(6 * n * t_star * 4 / peak)
+
+
+def test_llama3_layout_per_gpu_by_hand():
+    # TP8 × PP16: 405e9 / 128 parameters per GPU; bf16 weights whole, gradients and the 12-byte
+    # optimizer state sharded over DP128 (ZeRO stage 2); activations / 16 stages × 16 in flight
+    layout = m.Layout(tensor=8, pipeline=16, data=128, zero_stage=2, in_flight=16)
+    assert layout.chips == 16_384
+    parts = m.layout_bytes_per_chip(4.05e11, "mixed-adam", layout, activations_per_microbatch=3.2e9)
+    share = 4.05e11 / 128
+    assert parts["weights"] == pytest.approx(2 * share)
+    assert parts["gradients"] == pytest.approx(2 * share / 128)
+    assert parts["optimizer state"] == pytest.approx(12 * share / 128)
+    assert parts["activations"] == pytest.approx(3.2e9 / 16 * 16)
 
 
 # --- the numpy network --------------------------------------------------------------------------------
@@ -216,20 +342,51 @@ def test_train_step_lowers_the_loss_and_matches_a_finite_difference():
     assert loss(weights) < loss(before)
 
 
+def test_adam_step_matches_the_papers_algorithm_in_float64():
+    # Kingma and Ba 2015, Algorithm 1, written out plainly, two steps
+    weights = m.mlp_weights(2, 8, seed=5)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 8)).astype(np.float32)
+    target = rng.standard_normal((4, 8)).astype(np.float32)
+    adam = m.AdamState.zeros(weights)
+    lr, (b1, b2), eps = 1e-2, m.ADAM_BETAS, m.ADAM_EPS
+    ref = [w.astype(np.float64) for w in weights]
+    mom = [np.zeros_like(w) for w in ref]
+    var = [np.zeros_like(w) for w in ref]
+    for step in (1, 2):
+        probe = [w.copy() for w in weights]
+        sgd_lr = 1.0
+        m.train_step(probe, x, target, lr=sgd_lr)  # plain SGD with lr 1 exposes the gradient
+        grads = [(p0 - p1).astype(np.float64) for p0, p1 in zip(weights, probe, strict=True)]
+        m.train_step(weights, x, target, lr=lr, adam=adam)
+        for i, g in enumerate(grads):
+            mom[i] = b1 * mom[i] + (1 - b1) * g
+            var[i] = b2 * var[i] + (1 - b2) * g * g
+            ref[i] -= lr * (mom[i] / (1 - b1**step)) / (np.sqrt(var[i] / (1 - b2**step)) + eps)
+        for w, r in zip(weights, ref, strict=True):
+            np.testing.assert_allclose(w, r, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("training", [True, False])
 def test_measured_peak_is_deterministic_and_near_the_model(training):
     m.peak_bytes(1, 8, 8, training=training)  # numpy's one-off internals
     for depth in (2, 6):
         first = m.peak_bytes(depth, 128, 64, training=training)
         assert first == m.peak_bytes(depth, 128, 64, training=training)
-        assert first == pytest.approx(m.mlp_model_bytes(depth, 128, 64, training=training), rel=0.02)
+        model = sum(m.mlp_model_bytes(depth, 128, 64, training=training).values())
+        assert first == pytest.approx(model, rel=0.02)
 
 
-def test_training_memory_grows_with_depth_and_inference_does_not():
-    train = [m.peak_bytes(d, 128, 64, training=True) for d in (2, 4, 8)]
-    infer = [m.peak_bytes(d, 128, 64, training=False) for d in (2, 4, 8)]
-    assert train[2] - train[1] == pytest.approx(2 * (train[1] - train[0]), rel=0.01)  # linear in depth
-    assert infer[0] == infer[1] == infer[2]
+def test_measured_state_is_sixteen_bytes_per_parameter_with_adam():
+    # per extra layer, training adds W² parameters × 16 bytes (fp32 weight, gradient, two moments)
+    # and two B×W float32 activations; inference adds only the weights
+    w, b = 128, 64
+    train = [m.peak_bytes(d, w, b, training=True) for d in (2, 4, 8)]
+    infer = [m.peak_bytes(d, w, b, training=False) for d in (2, 4, 8)]
+    per_layer_train = (train[2] - train[1]) / 4
+    per_layer_infer = (infer[2] - infer[1]) / 4
+    assert per_layer_train == pytest.approx(16 * w * w + 2 * 4 * b * w, rel=0.01)
+    assert per_layer_infer == pytest.approx(4 * w * w, rel=0.01)
 
 
 # --- argument checks ----------------------------------------------------------------------------------
@@ -247,15 +404,32 @@ BAD_CALLS = [
     (lambda: m.kv_cache_bytes(2, 0, 64, 16, 1, "bf16"), "kv_heads"),
     (lambda: m.kv_cache_bytes(2, 1, 64, 16, 1, "float"), "fmt"),
     (lambda: m.chips_needed(1e9, {"sram_mb": 1}, ("L2",)), "tier"),
-    (lambda: m.chips_needed(0, {"sram_mb": 1}, ("SRAM",)), "need_bytes"),
+    (lambda: m.chips_needed(0, {"sram_mb": 1}, ("SRAM",)), "fast_bytes"),
+    (lambda: m.chips_needed(1e9, {"sram_mb": 1}, ("SRAM",), slow_bytes=-1), "slow_bytes"),
+    (lambda: m.chips_for_compute(1e24, 1e15, 0, 30), "utilisation"),
+    (lambda: m.chips_for_compute(1e24, 1e15, 0.4, -1), "days"),
+    (lambda: m.chips_for_compute(math.inf, 1e15, 0.4, 30), "train_flop"),
+    (lambda: m.llama_activation_bytes(16, 1, 64, 4, 8, 128, 2), "kv_heads"),
+    (lambda: m.llama_activation_bytes(16, 1, 64, 4, 2, 128, 2, recompute="selective"), "recompute"),
+    (lambda: m.activation_bytes(16, 1, 64, 4, 2, tensor_parallel=0), "tensor_parallel"),
+    (lambda: m.logits_bytes(16, 1, 0), "vocab"),
+    (lambda: m.latent_kv_cache_bytes(2, 0, 16, 1, "bf16"), "latent_dim"),
+    (lambda: m.Layout(tensor=8, pipeline=0, data=1), "pipeline"),
+    (lambda: m.Layout(tensor=8, pipeline=2, data=1, zero_stage=5), "zero_stage"),
+    (lambda: m.decode_intensity(1e9, 2, 1, -1.0), "kv_bytes_per_seq"),
+    (lambda: m.step_traffic_bytes(1e9, "mixed-adam", micro_batches=0), "micro_batches"),
+    (lambda: m.crossover_tokens(34, 1e15, 0), "bandwidth_b_s"),
     (lambda: m.chips_needed(1e9, {"sram_mb": 1}, ()), "tiers"),
     (lambda: m.decode_tokens_per_s(1e9, 2, 0, bandwidth_b_s=1e12, peak_flop_s=1e15), "batch"),
     (lambda: m.decode_tokens_per_s(1e9, 2, 1, bandwidth_b_s=1e12, peak_flop_s=1e15, kv_bytes_per_seq=-1),
      "kv_bytes_per_seq"),
     (lambda: m.matmul_intensity(1, 0, 1, 2), "k"),
-    (lambda: m.step_time_bound(1e9, "mixed-adam", 1e3, bandwidth_b_s=0, peak_flop_s=1e15), "bandwidth_b_s"),
+    (lambda: m.step_time_bound(1e9, "mixed-adam", 1e3, fast_b_s=0, peak_flop_s=1e15), "fast_b_s"),
+    (lambda: m.step_time_bound(1e9, "mixed-adam", 1e3, fast_b_s=1e12, slow_b_s=0, peak_flop_s=1e15),
+     "slow_b_s"),
     (lambda: m.peak_bytes(0, 8, 8, training=True), "depth"),
     (lambda: m.mlp_model_bytes(2, 8, 0, training=False), "batch"),
+    (lambda: m.peak_bytes(2, 8, 0, training=True), "batch"),
 ]
 
 
@@ -275,3 +449,35 @@ def test_unknown_names_list_the_allowed_ones():
         _checks.choice("x", "c", ["a", "b"])
     with pytest.raises(ValueError, match="x must be one of"):
         _checks.choice("x", ["a"], ["a", "b"])  # unhashable values are refused, not crashed on
+
+
+# --- the chapter's own data files ---------------------------------------------------------------------
+
+
+def test_model_architecture_rows_match_models_csv():
+    models = data.load("models").set_index("model")
+    arch = data.load("model_architecture").set_index("model")
+    assert set(arch.index) <= set(models.index)
+    dense = arch[arch.routed_experts.isna()]
+    assert (dense.dense_layers == models.loc[dense.index, "layers"]).all()  # every layer dense
+    moe = arch.dropna(subset=["routed_experts"])
+    assert (moe.dense_layers < models.loc[moe.index, "layers"]).all()
+    assert (moe.active_experts < moe.routed_experts).all()
+    # Llama 3 paper, Table 3: FFN widths 14,336 / 28,672 / 53,248
+    llama3 = ["Llama 3.1 8B", "Llama 3.1 70B", "Llama 3.1 405B"]
+    assert list(arch.loc[llama3, "ffn_hidden"]) == [14336, 28672, 53248]
+
+
+def test_decode_speeds_state_a_speed_or_a_latency_not_both():
+    speeds = data.load("decode_speeds")
+    stated = speeds.tokens_per_s_per_user.notna().astype(int) + speeds.inter_token_us.notna().astype(int)
+    assert (stated == 1).all()
+    assert set(speeds.basis) <= {"vendor claim", "vendor measurement"}
+
+
+def test_unrounded_peak_exceeds_the_model_only_by_pythons_own_objects():
+    m.peak_bytes(2, 128, 64, training=True)
+    for training in (True, False):
+        raw = m.peak_bytes(4, 128, 64, training=training, resolution=1)
+        model = sum(m.mlp_model_bytes(4, 128, 64, training=training).values())
+        assert 0 <= raw - model < 16 * 1024  # lists, tuples and array headers: a few KiB
