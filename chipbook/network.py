@@ -4,8 +4,17 @@ training and of inference (chapter "Networking").
 Sources of the algorithms and formulas:
 
 * Ring all-reduce (a reduce-scatter then an all-gather, each n−1 steps of one chunk of S/n bytes to
-  the next rank) sends 2(n−1)/n·S bytes per rank, the least any all-reduce can send
-  [patarasuk2009bandwidth]. Recursive halving then doubling is Rabenseifner's algorithm (log₂ n steps
+  the next rank) sends 2(n−1)/n·S bytes per rank, the least an all-reduce can send when the ranks
+  themselves do the adding [patarasuk2009bandwidth]. A switch that adds (NVIDIA's NVLink SHARP,
+  InfiniBand SHARP) lets each rank send its S bytes once and receive the sum once
+  [graham2016sharp]: the "in_network" algorithm.
+* One-shot and two-shot all-reduces, the small-message kernels of serving stacks: one-shot sends
+  each rank's whole buffer to every peer in one round; two-shot is a direct reduce-scatter then a
+  direct all-gather, two rounds [nvidia2024multishot].
+* A binary-tree all-reduce reduces up a tree and broadcasts down it, in 2·⌊log₂ n⌋ rounds, with one
+  tree edge across the middle of the rank order; pipelined over two complementary trees (NCCL's
+  double binary tree) each rank sends and receives about 2·S [sanders2009two].
+* Recursive halving then doubling is Rabenseifner's algorithm (log₂ n steps
   each way) as described by [thakur2005optimization], whose α-β costs are used here: a message of m
   bytes costs α + m/B. For rank counts that are not powers of two this module folds the extra ranks
   in with whole buffers, a simpler variant of the paper's half-buffer exchange.
@@ -15,10 +24,15 @@ Sources of the algorithms and formulas:
   needs one all-reduce of the activations in the forward pass and one in the backward pass: two per
   layer each way [shoeybi2019megatron].
 * Training compute is 6·N FLOP per token [kaplan2020scaling] (:func:`chipbook.market.training_flops`).
+* NCCL's own cost model, ``time = base latency + steps · hop latency + bytes / bandwidth``
+  [nvidia2026nccltuning], is the α-β model of :func:`allreduce_time` with ``overhead`` the base
+  latency and ``latency`` the per-step hop latency.
 
 A simulation returns a :class:`Traffic`: every rank's result and the bytes each rank sent to each
-other rank in each round. :func:`round_time` prices a round on a topology (a switch, a ring or a
-chain of chips), so the closed forms of :func:`allreduce_time` can be checked against the simulation.
+other rank in each round (and, for in-network reduction, to and from the switch). :func:`round_time`
+prices a round on a topology (a switch, an oversubscribed fat tree, a torus, a ring, a chain or a
+full mesh of direct links), so the closed forms of :func:`allreduce_time` can be checked against the
+simulation.
 """
 
 from __future__ import annotations
@@ -31,8 +45,8 @@ import numpy as np
 
 from chipbook import _checks, market
 
-ALGORITHMS = ("ring", "halving_doubling", "naive")
-TOPOLOGIES = ("switch", "ring", "chain")
+ALGORITHMS = ("ring", "halving_doubling", "tree", "one_shot", "two_shot", "in_network", "naive")
+TOPOLOGIES = ("switch", "fat_tree", "torus", "ring", "chain", "mesh")
 #: All-reduces per transformer layer with Megatron tensor parallelism: one after attention and one
 #: after the MLP in the forward pass, and the same two in the backward pass [shoeybi2019megatron].
 TP_ALLREDUCES_PER_LAYER = {"forward": 2, "backward": 2}
@@ -46,6 +60,16 @@ class Traffic:
 
     result: np.ndarray
     rounds: np.ndarray
+    #: ``up[k, i]``: bytes rank i sent into a reducing switch in round k; ``down[k, i]``: bytes the
+    #: switch sent (multicast) to rank i. Zero except for in-network reduction.
+    up: np.ndarray | None = None
+    down: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        shape = self.rounds.shape[:2]
+        for name in ("up", "down"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, np.zeros(shape, dtype=np.int64))
 
     @property
     def ranks(self) -> int:
@@ -62,11 +86,13 @@ class Traffic:
 
     @property
     def sent(self) -> np.ndarray:
-        return self.matrix.sum(axis=1)
+        """Bytes each rank sent, to other ranks and into a reducing switch."""
+        return self.matrix.sum(axis=1) + self.up.sum(axis=0)
 
     @property
     def received(self) -> np.ndarray:
-        return self.matrix.sum(axis=0)
+        """Bytes each rank received, from other ranks and from a reducing switch."""
+        return self.matrix.sum(axis=0) + self.down.sum(axis=0)
 
 
 class _Recorder:
@@ -75,14 +101,22 @@ class _Recorder:
     def __init__(self, ranks: int):
         self.ranks = ranks
         self.rounds: list[np.ndarray] = []
+        self.up: list[np.ndarray] = []
+        self.down: list[np.ndarray] = []
 
     def new_round(self) -> np.ndarray:
         self.rounds.append(np.zeros((self.ranks, self.ranks), dtype=np.int64))
+        self.up.append(np.zeros(self.ranks, dtype=np.int64))
+        self.down.append(np.zeros(self.ranks, dtype=np.int64))
         return self.rounds[-1]
 
     def traffic(self, result: np.ndarray) -> Traffic:
-        rounds = np.array(self.rounds) if self.rounds else np.zeros((0, self.ranks, self.ranks), np.int64)
-        return Traffic(result=result, rounds=rounds)
+        if not self.rounds:
+            empty = np.zeros((0, self.ranks), np.int64)
+            return Traffic(result=result, rounds=np.zeros((0, self.ranks, self.ranks), np.int64),
+                           up=empty, down=empty)
+        return Traffic(result=result, rounds=np.array(self.rounds), up=np.array(self.up),
+                       down=np.array(self.down))
 
 
 def _buffers(buffers) -> np.ndarray:
@@ -208,8 +242,122 @@ def naive_allreduce(buffers, root: int = 0) -> Traffic:
     return rec.traffic(data)
 
 
-ALLREDUCE = {"ring": ring_allreduce, "halving_doubling": halving_doubling_allreduce,
-             "naive": naive_allreduce}
+def one_shot_allreduce(buffers) -> Traffic:
+    """All-reduce (sum) in one round: every rank sends its whole buffer to every other rank and adds
+    what it receives, the one-shot kernel of serving stacks for small messages
+    [nvidia2024multishot]. Each rank sends (n−1)·S bytes, to n−1 peers at once."""
+    data = _buffers(buffers)
+    n, size = data.shape
+    rec = _Recorder(n)
+    if n > 1:
+        sent = rec.new_round()
+        sent[:] = size * data.itemsize
+        np.fill_diagonal(sent, 0)
+        data[:] = data.sum(axis=0)
+    return rec.traffic(data)
+
+
+def two_shot_allreduce(buffers) -> Traffic:
+    """All-reduce (sum) in two rounds: a direct reduce-scatter (rank c receives chunk c of every
+    buffer and adds them) then a direct all-gather (rank c sends its finished chunk to every other)
+    [nvidia2024multishot]; NVIDIA's MultiShot multicasts the all-gather from the switch instead,
+    which this does not model. Each rank sends 2(n−1)/n·S bytes, like the ring, in 2 rounds, not 2(n−1)."""
+    data = _buffers(buffers)
+    n, size = data.shape
+    rec = _Recorder(n)
+    if n == 1:
+        return rec.traffic(data)
+    bounds = np.linspace(0, size, n + 1).round().astype(int)
+    item = data.itemsize
+    scatter, gather = rec.new_round(), rec.new_round()
+    for c in range(n):
+        part = slice(bounds[c], bounds[c + 1])
+        width = (bounds[c + 1] - bounds[c]) * item
+        scatter[:, c] = width
+        gather[c, :] = width
+        data[:, part] = data[:, part].sum(axis=0)
+    np.fill_diagonal(scatter, 0)
+    np.fill_diagonal(gather, 0)
+    return rec.traffic(data)
+
+
+def in_network_allreduce(buffers) -> Traffic:
+    """All-reduce (sum) with the adding done in the switch (NVLink SHARP, InfiniBand SHARP
+    [graham2016sharp]): in one round every rank sends its buffer up and the switch adds them; in the
+    next the switch multicasts the sum to every rank. Each rank sends S and receives S; pipelined in
+    chunks, the two rounds overlap (see :func:`allreduce_time`)."""
+    data = _buffers(buffers)
+    n, size = data.shape
+    rec = _Recorder(n)
+    if n > 1:
+        rec.new_round()
+        rec.up[-1][:] = size * data.itemsize
+        rec.new_round()
+        rec.down[-1][:] = size * data.itemsize
+        data[:] = data.sum(axis=0)
+    return rec.traffic(data)
+
+
+def binary_tree(ranks: int) -> np.ndarray:
+    """Parent of each rank in a balanced binary tree laid out in order (rank r's left subtree holds
+    the ranks below r, its right subtree those above), as NCCL builds its trees [sanders2009two]:
+    the root is the middle rank and only one tree edge joins the lower half of the ranks to the
+    upper half. The root's parent is −1. Its height is ⌊log₂ n⌋."""
+    n = _checks.count("ranks", ranks)
+    parent = np.full(n, -1)
+
+    def build(lo: int, hi: int, up: int) -> None:
+        if lo > hi:
+            return
+        mid = (lo + hi) // 2
+        parent[mid] = up
+        build(lo, mid - 1, mid)
+        build(mid + 1, hi, mid)
+
+    build(0, n - 1, -1)
+    return parent
+
+
+def tree_allreduce(buffers) -> Traffic:
+    """All-reduce (sum) on the binary tree of :func:`binary_tree`, whole buffers at a time: a rank
+    of height h (leaves 0) sends its subtree's sum to its parent in round h; then the root's total
+    goes down, a rank at depth δ sending it to its children in round H + δ (H the tree's height).
+    2H = 2⌊log₂ n⌋ rounds; a leaf sends S, an inner rank up to 3·S (NCCL pipelines this over two
+    complementary trees so that each rank sends about 2·S [sanders2009two])."""
+    data = _buffers(buffers)
+    n, size = data.shape
+    parent = binary_tree(n)
+    item = data.itemsize
+    depth = np.array([_depth(parent, r) for r in range(n)])
+    height = np.zeros(n, dtype=int)
+    for r in sorted(range(n), key=lambda r: -depth[r]):
+        if parent[r] >= 0:
+            height[parent[r]] = max(height[parent[r]], height[r] + 1)
+    top = int(height.max()) if n > 1 else 0
+    rec = _Recorder(n)
+    for h in range(top):
+        sent = rec.new_round()
+        for r in np.flatnonzero((height == h) & (parent >= 0)):
+            data[parent[r]] += data[r]
+            sent[r, parent[r]] += size * item
+    for delta in range(top):
+        sent = rec.new_round()
+        for r in np.flatnonzero(depth == delta + 1):
+            data[r] = data[parent[r]]
+            sent[parent[r], r] += size * item
+    return rec.traffic(data)
+
+
+def _depth(parent: np.ndarray, r: int) -> int:
+    d = 0
+    while parent[r] >= 0:
+        r, d = parent[r], d + 1
+    return d
+
+
+ALLREDUCE = {"ring": ring_allreduce, "halving_doubling": halving_doubling_allreduce, "tree": tree_allreduce,
+             "one_shot": one_shot_allreduce, "two_shot": two_shot_allreduce,
+             "in_network": in_network_allreduce, "naive": naive_allreduce}
 
 
 def allreduce(buffers, algorithm: str) -> Traffic:
@@ -256,50 +404,110 @@ def tensor_parallel_mlp(x, w_in, w_out, ranks: int) -> Traffic:
 # --- pricing a round on a topology --------------------------------------------------------------------
 
 
-def link_loads(sent: np.ndarray, topology: str) -> np.ndarray:
-    """Bytes on the busiest directed link when the messages ``sent[i, j]`` of one round travel
-    together over ``topology``, returned per directed link.
+def link_loads(sent: np.ndarray, topology: str, *, shape: Sequence[int] | None = None, group: int = 8,
+               oversubscription: float = 1.0, up: np.ndarray | None = None,
+               down: np.ndarray | None = None) -> np.ndarray:
+    """Load on every directed link, in bytes per unit of one rank's link bandwidth, when the
+    messages ``sent[i, j]`` of one round travel together over ``topology``.
 
-    * ``switch``: every rank has one link up to a non-blocking switch and one down (NVSwitch, a
-      full-bisection fat tree); a link carries all that its rank sends, or all that it receives.
-    * ``ring``: rank r is wired to r ± 1 (mod n), full duplex; a message takes the shorter way round
-      (clockwise on a tie) and loads every link on its path.
+    * ``switch``: every rank has one link up to a non-blocking (full-bisection) switch and one down;
+      a link carries all that its rank sends, or all that it receives. ``up``/``down`` (bytes into
+      and out of a reducing switch) load the same links.
+    * ``fat_tree``: the same, with the ranks in leaf switches of ``group`` ranks whose uplinks carry
+      ``group / oversubscription`` links' worth: an oversubscribed fat tree (1:1 is non-blocking, a
+      full fat tree; 2:1 halves the bandwidth that leaves a leaf).
+    * ``torus``: ranks on a torus of ``shape`` (row-major ranks; a 2-D or 3-D torus as in TPU pods
+      [jouppi2023tpuv4]), one link each way to each neighbour in each dimension; messages go
+      dimension by dimension, the shorter way round (the positive way on a tie).
+    * ``ring``: rank r is wired to r ± 1 (mod n), full duplex: a one-dimensional torus.
     * ``chain``: the ring without the link from n−1 back to 0: a line of chips.
+    * ``mesh``: a direct link between every pair (a direct-connect fabric with no switch, such as a
+      node of chips cabled to one another); the link from i to j carries ``sent[i, j]``.
     """
     sent = np.asarray(sent)
     topology = _checks.choice("topology", topology, TOPOLOGIES)
     n = sent.shape[0]
+    up = np.zeros(n) if up is None else np.asarray(up)
+    down = np.zeros(n) if down is None else np.asarray(down)
+    if topology not in ("switch", "fat_tree") and (up.any() or down.any()):
+        raise ValueError(f"topology must be 'switch' or 'fat_tree' for in-network reduction, "
+                         f"got {topology!r}")
+    own = np.concatenate([sent.sum(axis=1) + up, sent.sum(axis=0) + down])
     if topology == "switch":
-        return np.concatenate([sent.sum(axis=1), sent.sum(axis=0)])
+        return own
+    if topology == "fat_tree":
+        group = _checks.count("group", group)
+        oversubscription = float(_checks.positive("oversubscription", oversubscription))
+        leaf = np.arange(n) // group
+        leaves = int(leaf.max()) + 1
+        out, into = np.zeros(leaves), np.zeros(leaves)
+        for i, j in zip(*np.nonzero(sent), strict=True):
+            if leaf[i] != leaf[j]:
+                out[leaf[i]] += sent[i, j]
+                into[leaf[j]] += sent[i, j]
+        for k in range(leaves):  # a reducing switch tree sends one partial sum per leaf up and down
+            members = leaf == k
+            out[k] += up[members].max(initial=0) if leaves > 1 else 0
+            into[k] += down[members].max(initial=0) if leaves > 1 else 0
+        capacity = group / oversubscription
+        return np.concatenate([own, out / capacity, into / capacity])
+    if topology == "mesh":
+        return sent[~np.eye(n, dtype=bool)].astype(float)
+    if topology == "chain":
+        return _chain_loads(sent)
+    dims = (n,) if topology == "ring" else _torus_shape(shape, n)
+    return _torus_loads(sent, dims)
+
+
+def _torus_shape(shape: Sequence[int] | None, n: int) -> tuple[int, ...]:
+    if shape is None:
+        raise ValueError("shape must be given for a torus, e.g. (4, 4)")
+    dims = tuple(_checks.count("shape", k) for k in shape)
+    if math.prod(dims) != n:
+        raise ValueError(f"shape must multiply to the number of ranks {n}, got {tuple(shape)}")
+    return dims
+
+
+def _torus_loads(sent: np.ndarray, dims: tuple[int, ...]) -> np.ndarray:
+    n = sent.shape[0]
+    loads = np.zeros((len(dims), 2, n))  # [dimension, + or − direction, node the link leaves]
+    for i, j in zip(*np.nonzero(sent), strict=True):
+        here = list(np.unravel_index(i, dims))
+        there = np.unravel_index(j, dims)
+        for axis, size in enumerate(dims):
+            forward = (int(there[axis]) - here[axis]) % size
+            step, hops = (1, forward) if forward <= size - forward else (-1, size - forward)
+            for _ in range(hops):
+                loads[axis, 0 if step > 0 else 1, np.ravel_multi_index(here, dims)] += sent[i, j]
+                here[axis] = (here[axis] + step) % size
+    return loads.ravel()
+
+
+def _chain_loads(sent: np.ndarray) -> np.ndarray:
+    n = sent.shape[0]
     right = np.zeros(n)  # link r -> r+1
     left = np.zeros(n)   # link r+1 -> r
     for i, j in zip(*np.nonzero(sent), strict=True):
-        if topology == "chain":
-            path = (right, range(i, j)) if j > i else (left, range(j, i))
-        else:
-            clockwise = (j - i) % n
-            if clockwise <= n - clockwise:
-                path = (right, [(i + k) % n for k in range(clockwise)])
-            else:
-                path = (left, [(j + k) % n for k in range(n - clockwise)])
-        links, hops = path
+        links, hops = (right, range(i, j)) if j > i else (left, range(j, i))
         for h in hops:
             links[h] += sent[i, j]
     return np.concatenate([right, left])
 
 
-def round_time(sent: np.ndarray, topology: str, bandwidth: float, latency: float) -> float:
+def round_time(sent: np.ndarray, topology: str, bandwidth: float, latency: float, **where) -> float:
     """Seconds for one round: the latency α plus the busiest link's bytes over its ``bandwidth``
-    (bytes/s, per direction) [thakur2005optimization]. A round that sends nothing costs nothing."""
+    (bytes/s, per direction, of one rank's link) [thakur2005optimization]. A round that sends
+    nothing costs nothing. ``where`` passes the topology's keywords to :func:`link_loads`."""
     bandwidth = _checks.positive("bandwidth", bandwidth)
     latency = _checks.non_negative("latency", latency)
-    loads = link_loads(sent, topology)
+    loads = link_loads(sent, topology, **where)
     return 0.0 if not loads.any() else latency + float(loads.max()) / bandwidth
 
 
-def simulated_time(traffic: Traffic, topology: str, bandwidth: float, latency: float) -> float:
+def simulated_time(traffic: Traffic, topology: str, bandwidth: float, latency: float, **where) -> float:
     """Seconds for all the rounds of ``traffic``, one after the other, on ``topology``."""
-    return sum(round_time(r, topology, bandwidth, latency) for r in traffic.rounds)
+    return sum(round_time(r, topology, bandwidth, latency, up=u, down=d, **where)
+               for r, u, d in zip(traffic.rounds, traffic.up, traffic.down, strict=True))
 
 
 def bisection_bytes(sent: np.ndarray) -> float:
@@ -313,33 +521,76 @@ def bisection_bytes(sent: np.ndarray) -> float:
 
 
 def allreduce_time(nbytes: float, ranks: int, bandwidth: float, latency: float,
-                   algorithm: str = "ring") -> float:
+                   algorithm: str = "ring", *, overhead: float = 0.0) -> float:
     """α-β time of an all-reduce of ``nbytes`` bytes over ``ranks`` ranks, each with ``bandwidth``
-    bytes/s per direction to a non-blocking switch and a per-message latency ``latency`` seconds
-    [thakur2005optimization]:
+    bytes/s per direction to a non-blocking switch, ``latency`` α seconds per round (step) and a
+    fixed ``overhead`` per collective (kernel launch and synchronisation: NCCL's "base latency"
+    [nvidia2026nccltuning]) [thakur2005optimization]:
 
     * ring: 2(n−1)·α + 2(n−1)/n · S/B;
     * halving_doubling: 2·log₂p·α + 2(p−1)/p · S/B for n = p a power of two; otherwise two more
       steps of α + S/B (the extra ranks' whole buffers, in and out);
+    * tree: 2·⌊log₂ n⌋·α + 2·S/B: a chunk climbs the tree and comes back down; pipelined over two
+      complementary binary trees each rank sends and receives about 2·S [sanders2009two];
+    * one_shot: α + (n−1)·S/B: one round, each rank's link carries its buffer to n−1 peers;
+    * two_shot: 2·α + 2(n−1)/n · S/B: a direct reduce-scatter and a direct all-gather;
+    * in_network: 2·α + S/B: S up to a reducing switch and the sum back down, the two overlapping
+      when pipelined [graham2016sharp];
     * naive: 2·(α + (n−1)·S/B): the root's link carries every buffer in, then every result out.
 
     Chunks are taken as exactly S/n (S/p) bytes; the simulations cut whole elements, so they differ
-    by at most one element per message.
+    by at most one element per message. Tree and in-network forms are the pipelined limits; the
+    simulations send whole buffers and show the rounds and the pattern.
     """
     nbytes = _checks.non_negative("nbytes", nbytes)
     n = _checks.count("ranks", ranks)
     bandwidth = _checks.positive("bandwidth", bandwidth)
     latency = _checks.non_negative("latency", latency)
+    overhead = _checks.non_negative("overhead", overhead)
     algorithm = _checks.choice("algorithm", algorithm, ALGORITHMS)
     if n == 1 or nbytes == 0:
         return 0.0
+    rounds, volume = alpha_beta_terms(n, algorithm)
+    return overhead + rounds * latency + volume * nbytes / bandwidth
+
+
+def alpha_beta_terms(n: int, algorithm: str) -> tuple[float, float]:
+    """The rounds, and the bytes on the busiest link in units of S, of :func:`allreduce_time`'s
+    ``algorithm`` on n > 1 ranks: its time is overhead + rounds·α + bytes·S/B."""
+    n = _checks.count("n", n, minimum=2)
+    algorithm = _checks.choice("algorithm", algorithm, ALGORITHMS)
     if algorithm == "ring":
-        return 2 * (n - 1) * latency + 2 * (n - 1) / n * nbytes / bandwidth
+        return 2 * (n - 1), 2 * (n - 1) / n
+    if algorithm == "tree":
+        return 2 * (n.bit_length() - 1), 2.0
+    if algorithm == "one_shot":
+        return 1, n - 1
+    if algorithm == "two_shot":
+        return 2, 2 * (n - 1) / n
+    if algorithm == "in_network":
+        return 2, 1.0
     if algorithm == "naive":
-        return 2 * (latency + (n - 1) * nbytes / bandwidth)
+        return 2, 2 * (n - 1)
     p = 1 << (n.bit_length() - 1)
-    core = 2 * math.log2(p) * latency + 2 * (p - 1) / p * nbytes / bandwidth
-    return core + (0.0 if p == n else 2 * (latency + nbytes / bandwidth))
+    rounds, volume = 2 * math.log2(p), 2 * (p - 1) / p
+    return (rounds, volume) if p == n else (rounds + 2, volume + 2)
+
+
+def hierarchical_allreduce_time(nbytes: float, local: int, nodes: int, *, local_bandwidth: float,
+                                local_latency: float, net_bandwidth: float, net_latency: float,
+                                net_algorithm: str = "tree", overhead: float = 0.0) -> float:
+    """α-β time of a two-level all-reduce over ``nodes`` nodes of ``local`` ranks: a ring
+    reduce-scatter inside each node, an all-reduce of the S/local shard among the nodes' peers
+    (``net_algorithm``, over the scale-out network; all ``local`` shards travel at once, each rank
+    on its own port), then a ring all-gather inside the node. This is how collective libraries
+    split a large job between the scale-up domain and the network [nvidia2026nccltuning]; a flat
+    ring over every rank pays 2(n−1) network latencies instead of 2·log₂(nodes)."""
+    nbytes = _checks.non_negative("nbytes", nbytes)
+    local = _checks.count("local", local)
+    nodes = _checks.count("nodes", nodes)
+    inside = allreduce_time(nbytes, local, local_bandwidth, local_latency, "ring")  # RS then AG
+    between = allreduce_time(nbytes / local, nodes, net_bandwidth, net_latency, net_algorithm)
+    return _checks.non_negative("overhead", overhead) + inside + between
 
 
 def algorithm_bandwidth(nbytes: float, seconds: float) -> float:
@@ -374,7 +625,17 @@ class Step:
     @property
     def efficiency_overlapped(self) -> float:
         """The same when the all-reduce hides perfectly behind compute: compute / max(both)."""
-        return self.compute / max(self.compute, self.allreduce)
+        return self.efficiency_at(1.0)
+
+    def efficiency_at(self, overlap: float) -> float:
+        """Fraction of the step spent computing when the all-reduce can hide behind ``overlap`` of
+        the compute (0: none; 2/3: the backward pass, where data-parallel frameworks start each
+        bucket's all-reduce as soon as its gradients are ready [li2020pytorch]; 1: all of it). The
+        step lasts compute + max(0, all-reduce − overlap·compute)."""
+        overlap = float(_checks.non_negative("overlap", overlap))
+        if overlap > 1:
+            raise ValueError(f"overlap must be in [0, 1], got {overlap!r}")
+        return self.compute / (self.compute + max(0.0, self.allreduce - overlap * self.compute))
 
 
 def data_parallel_step(params: float, tokens_per_step: float, chips: int, peak_flop_s: float,
@@ -403,14 +664,15 @@ def pipeline_bytes_per_token(d_model: float, batch: float = 1, bytes_per_value: 
 
 def tensor_parallel_decode_time(layers: int, d_model: float, ranks: int, bandwidth: float,
                                 latency: float, *, batch: float = 1, bytes_per_value: float = 2.0,
-                                algorithm: str = "ring") -> float:
+                                algorithm: str = "ring", overhead: float = 0.0) -> float:
     """Seconds of communication per decoding step of a ``layers``-layer model with Megatron tensor
     parallelism over ``ranks`` ranks: two all-reduces per layer [shoeybi2019megatron], each of one
-    activation per sequence (batch · d_model · bytes)."""
+    activation per sequence (batch · d_model · bytes), each costing :func:`allreduce_time`."""
     layers = _checks.count("layers", layers)
     message = pipeline_bytes_per_token(d_model, batch, bytes_per_value)
     per_layer = TP_ALLREDUCES_PER_LAYER["forward"]
-    return layers * per_layer * allreduce_time(message, ranks, bandwidth, latency, algorithm)
+    return layers * per_layer * allreduce_time(message, ranks, bandwidth, latency, algorithm,
+                                               overhead=overhead)
 
 
 def bisection_demand(traffic: Traffic) -> float:
@@ -438,3 +700,119 @@ def required_link_bandwidth(tokens_per_chip: float, peak_flop_s: float, utilisat
     bytes_per_value = _checks.positive("bytes_per_value", bytes_per_value)
     flop_per_byte = market.TRAINING_FLOP_PER_PARAM / 2  # 6N FLOP a token against 2N values sent a step
     return bytes_per_value * peak_flop_s * utilisation / (flop_per_byte * tokens_per_chip)
+
+
+def data_parallel_bytes_per_token(params: float, replicas: int, tokens_per_step: float,
+                                  bytes_per_value: float = 2.0) -> float:
+    """Bytes one data-parallel replica sends per token it processes: a ring all-reduce of the
+    gradient, 2(d−1)/d · N·b a step [patarasuk2009bandwidth], over the T/d tokens of its share of
+    the step. Compare with a token's pipeline message, not the gradient over all T tokens: the
+    gradient is sent by every replica."""
+    d = _checks.count("replicas", replicas)
+    tokens = _checks.positive("tokens_per_step", tokens_per_step)
+    return 2 * (d - 1) / d * gradient_bytes(params, bytes_per_value) / (tokens / d)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A 3-D (4-D with context) parallel layout: tensor × context × pipeline × data degrees, as
+    Meta reports them for Llama 3 [dubey2024llama]."""
+
+    tp: int
+    cp: int
+    pp: int
+    dp: int
+
+    def __post_init__(self) -> None:
+        for name in ("tp", "cp", "pp", "dp"):
+            _checks.count(name, getattr(self, name))
+
+    @property
+    def gpus(self) -> int:
+        return self.tp * self.cp * self.pp * self.dp
+
+
+@dataclass(frozen=True)
+class TierTraffic:
+    """Per GPU and per training step: seconds of compute, and bytes each GPU sends for each kind of
+    parallelism (tensor, pipeline, data)."""
+
+    compute: float
+    tensor: float
+    pipeline: float
+    data: float
+
+    def break_even(self, kind: str) -> float:
+        """Bandwidth (bytes/s per direction) at which ``kind``'s bytes take as long as the compute."""
+        kind = _checks.choice("kind", kind, ("tensor", "pipeline", "data"))
+        return getattr(self, kind) / self.compute
+
+    def efficiency(self, *, tensor_bandwidth: float, pipeline_bandwidth: float, data_bandwidth: float,
+                   overlap: float) -> float:
+        """Fraction of the step spent computing, bandwidth terms only: the tensor-parallel
+        all-reduces and the pipeline sends sit on the critical path (each waits for the layer before
+        it), while the gradient's all-reduce can hide behind ``overlap`` of the compute
+        (:meth:`Step.efficiency_at`)."""
+        exposed = (self.tensor / _checks.positive("tensor_bandwidth", tensor_bandwidth)
+                   + self.pipeline / _checks.positive("pipeline_bandwidth", pipeline_bandwidth))
+        data = self.data / _checks.positive("data_bandwidth", data_bandwidth)
+        step = Step(compute=self.compute, allreduce=data)
+        return self.compute / (self.compute / step.efficiency_at(overlap) + exposed)
+
+
+def layout_traffic(params: float, layers: int, d_model: float, tokens_per_step: float, layout: Layout, *,
+                   peak_flop_s: float, utilisation: float, bytes_per_value: float = 2.0,
+                   zero_stage: int = 1) -> TierTraffic:
+    """What one GPU computes and sends in one step of a tensor × pipeline × data parallel layout.
+
+    * compute: 6·N·T FLOP shared by all GPUs at ``utilisation`` of ``peak_flop_s``
+      [kaplan2020scaling]. Use a compute-only utilisation: a measured MFU already contains the
+      exposed communication.
+    * tensor: each GPU's L/pp layers do 4 all-reduces per layer per token (2 forward, 2 backward
+      [shoeybi2019megatron]) of d_model·b bytes per token over its replica's T/dp tokens, each
+      sending 2(t−1)/t of the message per GPU (a ring, or the reduce-scatter + all-gather of
+      sequence parallelism, the same bytes [korthikanti2022reducing]).
+    * pipeline: an inner stage sends each token's activation forward and its gradient back, split
+      over the t tensor ranks by sequence parallelism: 2·(T/dp)·d_model·b/t.
+    * data: the GPU's 1/(t·pp) shard of the gradient, all-reduced (or reduce-scattered, then the
+      weights all-gathered) over the dp replicas: 2(dp−1)/dp·N·b/(t·pp); ZeRO stage 3 (fully
+      sharded weights, gathered again for the backward pass) sends 1.5 times that
+      [rajbhandari2020zero].
+
+    Context parallelism's key/value exchanges are not modelled (``layout.cp`` must be 1), nor are
+    the forward all-reduces that activation recomputation repeats in the backward pass.
+    """
+    params = _checks.positive("params", params)
+    layers = _checks.count("layers", layers)
+    d_model = _checks.positive("d_model", d_model)
+    tokens = _checks.positive("tokens_per_step", tokens_per_step)
+    b = _checks.positive("bytes_per_value", bytes_per_value)
+    zero_stage = _checks.choice("zero_stage", zero_stage, (0, 1, 2, 3))
+    if layout.cp != 1:
+        raise ValueError(f"layout.cp must be 1 (context-parallel traffic is not modelled), got {layout.cp}")
+    peak_flop_s = _checks.positive("peak_flop_s", peak_flop_s)
+    utilisation = _checks.fraction("utilisation", utilisation)
+    t, pp, dp = layout.tp, layout.pp, layout.dp
+    replica_tokens = tokens / dp
+    compute = market.training_flops(params, tokens) / (layout.gpus * peak_flop_s * utilisation)
+    per_layer = sum(TP_ALLREDUCES_PER_LAYER.values())
+    tensor = (layers / pp) * per_layer * 2 * (t - 1) / t * replica_tokens * d_model * b
+    pipeline = 0.0 if pp == 1 else 2 * replica_tokens * d_model * b / t
+    shard = gradient_bytes(params, b) / (t * pp)
+    data = 2 * (dp - 1) / dp * shard * (1.5 if zero_stage == 3 else 1.0)
+    return TierTraffic(compute=compute, tensor=tensor, pipeline=pipeline, data=data)
+
+
+def expert_parallel_bytes_per_token(d_model: float, experts_per_token: int, moe_layers: int, *,
+                                    dispatch_bytes: float = 1.0, combine_bytes: float = 2.0) -> float:
+    """Bytes a token sends in expert-parallel serving of a mixture-of-experts model when every one
+    of its routed experts sits on another chip: each MoE layer dispatches the token's activation to
+    its ``experts_per_token`` experts and gathers (combines) their outputs back, an all-to-all
+    exchange. DeepSeek-V3 dispatches in FP8 (1 byte a value) and combines in BF16 (2 bytes)
+    [deepseekai2024deepseekv3]. An upper bound: experts on the token's own chip send nothing."""
+    d_model = _checks.positive("d_model", d_model)
+    k = _checks.count("experts_per_token", experts_per_token)
+    layers = _checks.count("moe_layers", moe_layers)
+    per_value = _checks.positive("dispatch_bytes", dispatch_bytes) + _checks.positive("combine_bytes",
+                                                                                       combine_bytes)
+    return layers * k * d_model * per_value

@@ -4,16 +4,9 @@ with values worked out here by hand from the formulas of the papers, not with th
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from chipbook import data
 from chipbook.figures import network as figures
-
-
-@pytest.fixture(scope="module")
-def links():
-    return data.load("links")
 
 
 def test_ring_traffic_image_is_the_neighbour_matrix():
@@ -43,54 +36,61 @@ def test_volume_markers_follow_the_papers_volumes():
     by_label = {line.get_label(): line for line in ax.get_lines()}
     ring = by_label["ring all-reduce, simulated"].get_ydata()
     naive = by_label["naive all-reduce (via rank 0), simulated"].get_ydata()
+    innet = by_label["in-network all-reduce (switch adds), simulated"].get_ydata()
     np.testing.assert_allclose(ring, [2 * (k - 1) / k for k in counts])
     np.testing.assert_allclose(naive, [k - 1 for k in counts])
+    np.testing.assert_allclose(innet, [1] * len(counts))
 
 
-def test_scaling_lines_are_the_alpha_beta_efficiency(links):
-    rows = links[links.link == "InfiniBand NDR (ConnectX-7)"]
-    n_params, tokens, peak, u = 7e10, 1.6e7, 989e12, 0.41
-    chips = [8, 1024]
-    fig = figures.plot_scaling(rows, params=n_params, tokens_per_step=tokens, peak_flop_s=peak, utilisation=u,
-                               chips=chips, model="test")
-    line = fig.axes[0].get_lines()[0]
-    b, a = 50e9, 5e-6
-    for d, eff in zip(chips, line.get_ydata(), strict=True):
-        compute = 6 * n_params * tokens / (d * peak * u)
-        comm = 2 * (d - 1) * a + 2 * (d - 1) / d * 2 * n_params / b
-        assert eff == pytest.approx(compute / (compute + comm))
+def test_traffic_topology_bars_are_hand_routed_slowdowns():
+    # a ring all-reduce runs at switch speed on every topology (neighbour links only); one-shot on a
+    # chain of 16: the middle link carries every message that crosses it, 8 · 8 buffers each way, against
+    # 15 buffers on a rank's switch link
+    ring = [p.get_width() for p in figures.plot_traffic("ring", 16).axes[2].patches]
+    np.testing.assert_allclose(ring, [1, 1, 1])
+    shot = [p.get_width() for p in figures.plot_traffic("one_shot", 16).axes[2].patches]
+    names = list(figures.TOPOLOGY_VIEWS)
+    assert shot[names.index("chain")] == pytest.approx(64 / 15)
+    # fat tree 4:1, leaves of 4: a leaf's 4 ranks send 12 buffers each out of the leaf over one link's worth
+    assert shot[names.index("fat tree 4:1")] == pytest.approx(4 * 12 / 15)
+    # in-network reduction cannot run on a torus or a chain: no bar there
+    innet = [p.get_width() for p in figures.plot_traffic("in_network", 8).axes[2].patches]
+    assert innet[names.index("chain")] == 0 and innet[names.index("fat tree 4:1")] == pytest.approx(1)
 
 
-def test_step_bars_count_active_parameters_for_compute_and_all_for_the_gradient(links):
-    moe = pd.DataFrame({"model": ["moe"], "params": [6.71e11], "active_params": [3.7e10]})
-    fig = figures.plot_step("PCIe Gen5 x16", 16, links=links, models=moe, tokens_per_step=1e6,
-                            peak_flop_s=1e15, utilisation=0.5)
+def test_layout_bars_are_the_hand_computed_seconds():
+    # Llama 3 405B in its published layout, worked by hand from equation eq-layout
+    fig = figures.plot_layout(128, 2 / 3, 0.41, params=4.05e11, layers=126, d_model=16384,
+                              tokens_per_step=2**24, tp=8, pp=16, peak_flop_s=989e12, scale_up=450e9,
+                              scale_out=50e9, model="m")
     widths = [p.get_width() for p in fig.axes[0].patches]
-    compute = 6 * 3.7e10 * 1e6 / (16 * 1e15 * 0.5)
-    comm = 2 * 15 * 3e-6 + 2 * 15 / 16 * 2 * 6.71e11 / 64e9
-    assert widths == [pytest.approx(compute), pytest.approx(comm)]
+    compute = 6 * 4.05e11 * 2**24 / (16384 * 989e12 * 0.41)
+    tensor = 126 / 16 * 4 * 1.75 * 2**24 / 128 * 16384 * 2
+    data = 2 * 127 / 128 * 2 * 4.05e11 / 128
+    pipeline = 2 * 2**24 / 128 * 16384 * 2 / 8
+    np.testing.assert_allclose(widths, [compute, tensor / 450e9, tensor / 50e9, pipeline / 50e9, data / 50e9],
+                               rtol=1e-12)
 
 
-def test_alpha_beta_floor_is_the_ring_latency():
-    fig = figures.plot_alpha_beta(8, 4.5e11, 2e-6, link="x", marks={"m": 1e4})
+def test_decode_bars_split_latency_and_bandwidth():
+    fig = figures.plot_decode(1, 5e-6, latency=1e-6, bandwidth=1e11, layers=10, d_model=1000, ranks=4,
+                              algorithms=["ring", "one_shot"])
+    widths = [p.get_width() for p in fig.axes[0].patches]
+    m = 1000 * 2
+    # fixed parts: 20 all-reduces × (α₀ + rounds·α); ring 6 rounds, one-shot 1
+    assert widths[0] == pytest.approx(20 * (5e-6 + 6e-6)) and widths[1] == pytest.approx(20 * (5e-6 + 1e-6))
+    # bandwidth parts: ring 2·3/4·m/B, one-shot 3·m/B per all-reduce
+    assert widths[2] == pytest.approx(20 * 1.5 * m / 1e11) and widths[3] == pytest.approx(20 * 3 * m / 1e11)
+
+
+def test_alpha_beta_curves_start_at_the_latency_floor():
+    fig = figures.plot_alpha_beta(8, 4.5e11, 2e-6, 5e-6, link="x", algorithms=["ring", "one_shot"],
+                                  marks={"m": 1e4})
     ax = fig.axes[0]
-    floor = next(line for line in ax.get_lines() if line.get_label().startswith("latency term"))
-    assert floor.get_ydata()[0] == pytest.approx(14 * 2e-6)
     ring = next(line for line in ax.get_lines() if line.get_label() == "ring all-reduce")
-    assert ring.get_ydata()[0] == pytest.approx(14 * 2e-6 + 1.75 * 1e3 / 4.5e11)
-
-
-def test_topology_bars():
-    fig = figures.plot_topologies(16)
-    left, right = fig.axes
-    demand = [p.get_width() for p in left.patches]  # ring, halving-doubling, naive, pipeline
-    assert demand[0] == 2 and demand[1] == 16 and demand[3] == 1
-    chain = [p.get_width() for p in right.patches][4:]
-    assert chain[0] == pytest.approx(1) and chain[3] == pytest.approx(1)
-    # halving-doubling on a 16-chip chain: the step at distance d puts d messages of S/2^k on the
-    # middle links; by hand, rounds at d = 8, 4, 2, 1 carry 8·S/2, 4·S/4, 2·S/8, 1·S/16 on the busiest
-    # link, twice (halving, then doubling), against S/2 + S/4 + S/8 + S/16 on a switch
-    assert chain[1] == pytest.approx(2 * (4 + 1 + 0.25 + 1 / 16) / (2 * (15 / 16)))
+    assert ring.get_ydata()[0] == pytest.approx(5e-6 + 14 * 2e-6 + 1.75 * 1e3 / 4.5e11)
+    shot = next(line for line in ax.get_lines() if line.get_label() == "one-shot all-reduce")
+    assert shot.get_ydata()[0] == pytest.approx(5e-6 + 2e-6 + 7 * 1e3 / 4.5e11)
 
 
 def test_message_size_bars_are_the_given_sizes():

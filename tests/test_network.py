@@ -6,6 +6,7 @@ direct (unsplit) computation of the pipelined and tensor-parallel layers, and ha
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -16,7 +17,10 @@ from chipbook import network as net
 
 ranks = st.integers(min_value=1, max_value=12)
 sizes = st.integers(min_value=1, max_value=40)
-ALGOS = ["ring", "halving_doubling", "naive"]
+ALGOS = ["ring", "halving_doubling", "tree", "one_shot", "two_shot", "in_network", "naive"]
+#: algorithms whose simulated rounds equal the closed form exactly (tree and in-network closed forms
+#: are the pipelined limits of simulations that send whole buffers)
+EXACT = ["ring", "halving_doubling", "one_shot", "two_shot", "naive"]
 
 
 def _buffers(n: int, m: int, seed: int) -> np.ndarray:
@@ -127,7 +131,7 @@ def test_single_rank_sends_nothing():
 # --- the α-β closed forms against the simulations -----------------------------------------------------
 
 
-@pytest.mark.parametrize("algorithm", ALGOS)
+@pytest.mark.parametrize("algorithm", EXACT)
 @given(n=st.integers(1, 16), chunks=st.integers(1, 4))
 def test_closed_form_time_equals_the_simulated_rounds_on_a_switch(algorithm, n, chunks):
     p = 1 << (n.bit_length() - 1)
@@ -176,7 +180,8 @@ def test_link_loads_by_hand():
     assert list(right) == [10, 10, 10, 0] and list(left) == [0, 5, 0, 0]
     ring = net.link_loads(sent, "ring")
     right, left = ring[:4], ring[4:]
-    assert list(right) == [0, 0, 0, 0] and list(left) == [0, 5, 0, 10]  # link 0→3 is left[3]
+    # the link leaving rank r the negative way is left[r]: 0→3 is left[0], 2→1 is left[2]
+    assert list(right) == [0, 0, 0, 0] and list(left) == [10, 0, 5, 0]
     switch = net.link_loads(sent, "switch")
     assert list(switch) == [10, 0, 5, 0, 0, 5, 0, 10]
 
@@ -277,12 +282,27 @@ def test_data_parallel_step_by_hand():
         (lambda: net.allreduce_time(1, 4, 0, 0), "bandwidth"),
         (lambda: net.allreduce_time(1, 4, 1e9, -1), "latency"),
         (lambda: net.allreduce_time(1, 4, 1e9, 0, "butterfly"), "algorithm"),
-        (lambda: net.allreduce(np.ones((2, 2)), "tree"), "algorithm"),
+        (lambda: net.allreduce(np.ones((2, 2)), "butterfly"), "algorithm"),
+        (lambda: net.allreduce_time(1, 4, 1e9, 0, overhead=-1), "overhead"),
+        (lambda: net.link_loads(np.ones((4, 4)), "torus"), "shape"),
+        (lambda: net.link_loads(np.ones((4, 4)), "torus", shape=(3, 2)), "shape"),
+        (lambda: net.link_loads(np.ones((4, 4)), "fat_tree", oversubscription=0), "oversubscription"),
+        (lambda: net.simulated_time(net.in_network_allreduce(np.ones((4, 2))), "ring", 1e9, 0), "topology"),
+        (lambda: net.Step(1.0, 1.0).efficiency_at(1.5), "overlap"),
+        (lambda: net.Layout(8, 1, 0, 4), "pp"),
+        (lambda: net.layout_traffic(1e9, 8, 512, 1e6, net.Layout(2, 2, 1, 1), peak_flop_s=1e15,
+                                    utilisation=0.5), "cp"),
+        (lambda: net.layout_traffic(1e9, 8, 512, 1e6, net.Layout(2, 1, 1, 1), peak_flop_s=1e15,
+                                    utilisation=0.5, zero_stage=4), "zero_stage"),
+        (lambda: net.data_parallel_bytes_per_token(1e9, 0, 1e6), "replicas"),
+        (lambda: net.expert_parallel_bytes_per_token(7168, 0, 58), "experts_per_token"),
+        (lambda: net.hierarchical_allreduce_time(1e6, 0, 4, local_bandwidth=1e9, local_latency=0,
+                                                 net_bandwidth=1e9, net_latency=0), "local"),
         (lambda: net.ring_allreduce(np.ones(3)), "buffers"),
         (lambda: net.ring_allreduce([["a", "b"]]), "buffers"),
         (lambda: net.ring_allreduce(np.array([[1.0, np.nan]])), "buffers"),
         (lambda: net.naive_allreduce(np.ones((2, 2)), root=2), "root"),
-        (lambda: net.link_loads(np.ones((2, 2)), "torus"), "topology"),
+        (lambda: net.link_loads(np.ones((2, 2)), "hypercube"), "topology"),
         (lambda: net.pipeline_forward(np.ones((1, 2)), [np.eye(2)], 2), "stages"),
         (lambda: net.tensor_parallel_mlp(np.ones((1, 2)), np.ones((2, 2)), np.ones((2, 2)), 3), "ranks"),
         (lambda: net.bus_bandwidth(1e9, 0, 4), "seconds"),
@@ -318,3 +338,224 @@ def test_required_bandwidth_balances_compute_and_ring_allreduce_for_many_chips(t
     b_star = net.required_link_bandwidth(tokens, peak, u)
     step = net.data_parallel_step(7e10, tokens * chips, chips, peak, u, b_star, 0.0)
     assert step.allreduce == pytest.approx(step.compute, rel=1e-5)
+
+
+# --- in-network, one-shot, two-shot and tree all-reduces ----------------------------------------------
+
+
+@given(n=st.integers(2, 16), m=st.integers(1, 30))
+def test_in_network_reduction_sends_each_buffer_once(n, m):
+    # NVLink SHARP / InfiniBand SHARP: S up, the sum down; half the ring's 2(n−1)/n·S per rank
+    out = net.in_network_allreduce(np.ones((n, m), dtype=np.int32))
+    size = m * 4
+    assert (out.sent == size).all() and (out.received == size).all()
+    assert out.matrix.sum() == 0 and out.steps == 2
+    # pipelined closed form: S/B plus two latencies, below the ring's 2(n−1)/n·S/B once n > 2
+    assert net.allreduce_time(1e9, n, 1e11, 0, "in_network") == pytest.approx(1e-2)
+
+
+@given(n=st.integers(2, 12), m=st.integers(1, 30))
+def test_one_shot_sends_every_buffer_to_every_peer_in_one_round(n, m):
+    out = net.one_shot_allreduce(np.ones((n, m), dtype=np.int64))
+    size = m * 8
+    expected = np.full((n, n), size)
+    np.fill_diagonal(expected, 0)
+    assert out.steps == 1 and (out.matrix == expected).all()
+
+
+@given(n=st.integers(2, 12), chunks=st.integers(1, 4))
+def test_two_shot_sends_the_ring_volume_in_two_rounds(n, chunks):
+    m = n * chunks
+    out = net.two_shot_allreduce(np.ones((n, m), dtype=np.int64))
+    size = m * 8
+    assert out.steps == 2
+    assert (out.sent == 2 * (n - 1) * size // n).all()
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 7, 8, 15, 16, 31, 32])
+def test_binary_tree_is_balanced_in_order_with_one_edge_across_the_middle(n):
+    parent = net.binary_tree(n)
+    assert (parent == -1).sum() == 1
+    depth = []
+    for r in range(n):
+        d, x = 0, r
+        while parent[x] >= 0:
+            x, d = parent[x], d + 1
+        depth.append(d)
+    assert max(depth) == math.floor(math.log2(n))  # log depth
+    half = n // 2
+    crossing = [r for r in range(n) if parent[r] >= 0 and (r < half) != (parent[r] < half)]
+    assert len(crossing) == 1  # one tree edge joins the lower and upper halves (n ≥ 2)
+    out = net.tree_allreduce(np.ones((n, 4), dtype=np.int64))
+    assert out.steps == 2 * math.floor(math.log2(n))
+    assert out.sent.max() <= 3 * 32  # an inner rank: its sum up, the total to two children
+
+
+@given(n=st.integers(2, 64))
+def test_latency_terms_count_the_rounds(n):
+    # with infinite bandwidth the closed forms reduce to rounds × α; the rounds are counted by hand
+    rounds = {"ring": 2 * (n - 1), "tree": 2 * math.floor(math.log2(n)), "one_shot": 1, "two_shot": 2,
+              "in_network": 2}
+    for algorithm, k in rounds.items():
+        assert net.allreduce_time(1.0, n, 1e30, 1e-6, algorithm, overhead=5e-6) == pytest.approx(
+            5e-6 + k * 1e-6, rel=1e-9)
+    for algorithm in ("tree", "in_network"):  # and the simulations have that many rounds
+        assert net.allreduce(np.ones((n, 2)), algorithm).steps == rounds[algorithm]
+
+
+def test_one_shot_is_faster_than_a_ring_for_a_decode_message_at_the_chapters_alpha():
+    # 8 GPUs, 33 kB, 450 GB/s, α = 2 µs: ring 14α + 1.75·S/B ≈ 28.1 µs; one-shot α + 7·S/B ≈ 2.5 µs
+    s, b, a = 32768, 450e9, 2e-6
+    ring = net.allreduce_time(s, 8, b, a, "ring")
+    one = net.allreduce_time(s, 8, b, a, "one_shot")
+    assert ring == pytest.approx(14 * a + 1.75 * s / b)
+    assert one == pytest.approx(a + 7 * s / b)
+    assert 10 < ring / one < 12
+
+
+# --- topologies beyond the switch ---------------------------------------------------------------------
+
+
+def test_torus_routes_dimension_by_dimension_the_short_way():
+    sent = np.zeros((16, 16))
+    sent[0, 10] = 6  # (0,0) -> (2,2) on a 4x4 torus: two hops along x then two along y, a tie each way
+    loads = net.link_loads(sent, "torus", shape=(4, 4)).reshape(2, 2, 16)
+    assert loads[0, 0, 0] == 6 and loads[0, 0, 4] == 6  # dimension 0 (rows): 0 -> 4 -> 8
+    assert loads[1, 0, 8] == 6 and loads[1, 0, 9] == 6  # then dimension 1: 8 -> 9 -> 10
+    assert loads.sum() == 4 * 6
+
+
+def test_oversubscribed_fat_tree_slows_cross_leaf_traffic_by_the_ratio():
+    # 8 ranks in 2 leaves of 4; every rank sends S to the rank 4 away: all traffic leaves its leaf
+    sent = np.zeros((8, 8))
+    for r in range(8):
+        sent[r, (r + 4) % 8] = 100
+    full = net.round_time(sent, "fat_tree", 1.0, 0.0, group=4, oversubscription=1)
+    assert full == pytest.approx(100)  # non-blocking: as on a switch
+    assert net.round_time(sent, "fat_tree", 1.0, 0.0, group=4, oversubscription=2) == pytest.approx(200)
+    # traffic that stays in its leaf does not care
+    local = np.zeros((8, 8))
+    local[0, 1] = local[5, 6] = 100
+    assert net.round_time(local, "fat_tree", 1.0, 0.0, group=4, oversubscription=4) == pytest.approx(100)
+
+
+def test_tree_and_ring_need_little_bisection_and_halving_doubling_needs_it_all():
+    n = 16
+    zeros = np.zeros((n, 16 * n), dtype=np.float32)
+    assert net.bisection_demand(net.tree_allreduce(zeros)) == 1
+    on = {a: net.allreduce(zeros, a) for a in ("ring", "tree", "halving_doubling")}
+    for a, traffic in on.items():
+        switch = net.simulated_time(traffic, "switch", 1.0, 0.0)
+        fat = net.simulated_time(traffic, "fat_tree", 1.0, 0.0, group=4, oversubscription=4)
+        if a == "halving_doubling":
+            assert fat > 2 * switch  # its long-distance rounds cross the thin leaf uplinks
+        else:
+            assert fat == pytest.approx(switch)
+
+
+def test_mesh_gives_one_shot_a_link_per_peer():
+    out = net.one_shot_allreduce(np.zeros((8, 64), dtype=np.float32))
+    size = 64 * 4
+    assert net.simulated_time(out, "mesh", 1.0, 0.0) == pytest.approx(size)      # S over each link
+    assert net.simulated_time(out, "switch", 1.0, 0.0) == pytest.approx(7 * size)  # 7 S through one
+
+
+def test_hierarchical_allreduce_by_hand():
+    # 4 nodes of 8: ring inside (14 α_l + 1.75 S/B_l) and a tree of 4 nodes on S/8 (4 α_n + 2 S/8/B_n)
+    s, bl, al, bn, an = 8e9, 4e11, 1e-6, 5e10, 5e-6
+    t = net.hierarchical_allreduce_time(s, 8, 4, local_bandwidth=bl, local_latency=al, net_bandwidth=bn,
+                                        net_latency=an)
+    assert t == pytest.approx(14 * al + 1.75 * s / bl + 4 * an + 2 * (s / 8) / bn)
+
+
+# --- overlap, layouts, bytes per token ----------------------------------------------------------------
+
+
+def test_overlap_hides_communication_up_to_the_overlapped_share_of_compute():
+    step = net.Step(compute=3.0, allreduce=2.5)
+    assert step.efficiency_at(0.0) == pytest.approx(3 / 5.5)
+    assert step.efficiency_at(2 / 3) == pytest.approx(3 / 3.5)  # 2 s hidden behind the backward pass
+    assert step.efficiency_at(1.0) == step.efficiency_overlapped == 1.0
+
+
+def test_llama3_405b_layout_traffic_by_hand():
+    # Llama 3 405B on 16,384 H100s: TP8 CP1 PP16 DP128, 16M tokens a step [dubey2024llama];
+    # numbers worked by hand: 126 layers, d_model 16384, BF16.
+    layout = net.Layout(tp=8, cp=1, pp=16, dp=128)
+    tokens = 128 * 16 * 8192
+    step = net.layout_traffic(4.05e11, 126, 16384, tokens, layout, peak_flop_s=989e12, utilisation=0.41)
+    assert layout.gpus == 16384
+    per_micro = step.tensor / 16  # 16 micro-batches of one 8K sequence per replica
+    assert per_micro == pytest.approx(126 / 16 * 4 * 1.75 * 8192 * 16384 * 2)
+    assert 14e9 < per_micro < 16e9                       # "roughly 15 GB per GPU"
+    assert 0.35 < step.compute / 16 < 0.42               # "per 0.4 s of compute" at MFU 0.41
+    assert step.data == pytest.approx(2 * 127 / 128 * 2 * 4.05e11 / 128)
+    assert step.pipeline == pytest.approx(2 * 131072 * 16384 * 2 / 8)
+    b_star = net.required_link_bandwidth(tokens / 128, 989e12, 0.41)
+    assert step.break_even("data") == pytest.approx(b_star * 127 / 128, rel=1e-9)
+    assert 16 < step.break_even("tensor") / b_star < 20   # "about 18 times B*"
+    zero3 = net.layout_traffic(4.05e11, 126, 16384, tokens, layout, peak_flop_s=989e12, utilisation=0.41,
+                               zero_stage=3)
+    assert zero3.data == pytest.approx(1.5 * step.data)
+
+
+def test_data_parallel_bytes_per_token_for_llama3():
+    # each replica sends 2(d−1)/d of an 810 GB gradient per step over its 131,072 tokens: ~12 MB a token
+    per_token = net.data_parallel_bytes_per_token(4.05e11, 128, 128 * 16 * 8192)
+    assert per_token == pytest.approx(2 * 127 / 128 * 8.1e11 / 131072)
+    assert 12e6 < per_token < 12.5e6
+
+
+def test_deepseek_v3_expert_traffic_is_about_ten_megabytes_a_token():
+    # 58 MoE layers (61 minus 3 dense), 8 routed experts, d 7168, FP8 out and BF16 back
+    assert net.expert_parallel_bytes_per_token(7168, 8, 58) == 58 * 8 * 7168 * 3
+    assert 9.5e6 < net.expert_parallel_bytes_per_token(7168, 8, 58) < 10.5e6
+
+
+# --- the chapter's data rows ----------------------------------------------------------------------------
+
+
+def test_link_rows_are_consistent():
+    from chipbook import data
+
+    links = data.load("links")
+    keys = data.bib_keys()
+    assert set(links["fabric"]) <= {"switched", "reducing", "torus", "direct", "host"}
+    assert set(links["latency_source"].dropna()) <= keys
+    # a latency from NCCL's model is labelled as such, and an assumption is not given a source
+    vendor_model = links.latency_basis == "vendor model"
+    assert (links.loc[vendor_model, "latency_source"] == "nvidia2026nccltuning").all()
+    # direct-connect fabrics have a link count, so that a peer's share of the bandwidth is known
+    direct = links[(links.fabric == "direct") & links.gb_s_per_direction.notna()]
+    assert direct.links_per_chip.notna().all()
+    pcie = links.set_index("link").loc["PCIe Gen5 x16"]
+    assert pcie.gb_s_per_direction == 63 and pcie.fabric == "host"  # 32 GT/s × 16 × 128/130 / 8
+
+
+def test_layouts_multiply_to_the_gpu_count():
+    from chipbook import data
+
+    runs = data.load("training_utilisation").dropna(subset=["tp"])
+    assert len(runs) == 3
+    for _, run in runs.iterrows():
+        gpus = int(run.hardware.rsplit("x", 1)[1])
+        assert run.tp * run.cp * run.pp * run.dp == gpus, run.run
+        # the global batch: sequences per data-parallel group (the note) × dp × sequence length
+        per_group = int(re.search(r"(\d+) sequences per data-parallel group", run.note).group(1))
+        assert per_group * run.dp * run.seq_len == run.tokens_per_step, run.run
+
+
+def test_collective_latency_rows():
+    from chipbook import data
+
+    rows = data.load("collective_latency")
+    assert set(rows.algorithm) - {"not stated"} <= set(net.ALGORITHMS)
+    assert (rows.time_us > 0).all() and set(rows.cuda_graphs) <= {"yes", "no"}
+
+
+def test_layout_efficiency_by_hand():
+    tiers = net.TierTraffic(compute=4.0, tensor=100.0, pipeline=10.0, data=60.0)
+    # tensor 100/100 = 1 s and pipeline 10/10 = 1 s exposed; data 60/20 = 3 s, 2 s hidden at overlap 0.5
+    eff = tiers.efficiency(tensor_bandwidth=100, pipeline_bandwidth=10, data_bandwidth=20, overlap=0.5)
+    assert eff == pytest.approx(4 / (4 + 1 + 1 + 1))
+    assert tiers.break_even("tensor") == 25.0

@@ -6,7 +6,6 @@ from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
@@ -15,9 +14,17 @@ from chipbook.figures.market import PLAIN, POW10
 from chipbook.style import PALETTE, SERVE, TRAIN, styled
 
 ALGORITHM_LABELS = {"ring": "ring all-reduce", "halving_doubling": "halving-doubling all-reduce",
+                    "tree": "binary-tree all-reduce", "one_shot": "one-shot all-reduce",
+                    "two_shot": "two-shot all-reduce", "in_network": "in-network all-reduce (switch adds)",
                     "naive": "naive all-reduce (via rank 0)", "pipeline": "pipeline (one token)"}
-ALGORITHM_COLOURS = {"ring": TRAIN, "halving_doubling": PALETTE["orange"], "naive": PALETTE["purple"],
-                     "pipeline": SERVE}
+ALGORITHM_COLOURS = {"ring": TRAIN, "halving_doubling": PALETTE["orange"], "tree": PALETTE["green"],
+                     "one_shot": PALETTE["sky"], "two_shot": PALETTE["black"],
+                     "in_network": PALETTE["purple"], "naive": "#888888", "pipeline": SERVE}
+#: The topologies the traffic explorable prices each pattern on, with the keywords of
+#: :func:`chipbook.network.link_loads`: a fat tree whose leaves of 4 have a quarter of their
+#: ranks' bandwidth up (4:1), a 2-D torus, and a line of chips.
+TOPOLOGY_VIEWS = {"fat tree 4:1": ("fat_tree", {"group": 4, "oversubscription": 4.0}),
+                  "2-D torus": ("torus", None), "chain": ("chain", {})}
 
 
 def _bytes(value: float, _pos: object = None) -> str:
@@ -51,109 +58,156 @@ def simulate(pattern: str, ranks: int, elements: int = 960) -> network.Traffic:
     return network.allreduce(np.zeros((ranks, elements), dtype=np.float32), pattern)
 
 
+def _torus_shape(ranks: int) -> tuple[int, int]:
+    side = int(np.sqrt(ranks))
+    while ranks % side:
+        side -= 1
+    return side, ranks // side
+
+
+def topology_slowdown(traffic: network.Traffic, topology: str) -> float:
+    """Time of ``traffic`` on one of :data:`TOPOLOGY_VIEWS` over its time on a non-blocking switch,
+    bandwidth terms only, every link as fast as a rank's link to the switch; NaN where the pattern
+    cannot run there (in-network reduction needs a reducing switch)."""
+    kind, where = TOPOLOGY_VIEWS[topology]
+    where = {"shape": _torus_shape(traffic.ranks)} if where is None else where
+    base = network.simulated_time(traffic, "switch", 1.0, 0.0)
+    try:
+        return network.simulated_time(traffic, kind, 1.0, 0.0, **where) / base
+    except ValueError:
+        return float("nan")
+
+
 @styled
 def plot_traffic(pattern: str, ranks: int, elements: int = 960) -> Figure:
-    """Traffic matrix of one simulated collective: the bytes each rank (row) sent to each other rank
-    (column), in units of one rank's buffer S, with each rank's total sent beside it."""
+    """One simulated collective: the bytes each rank (row) sent to each other rank (column) in units
+    of one rank's buffer S, each rank's total sent (to ranks or into a reducing switch), and its
+    time on cheaper topologies than a non-blocking switch (bandwidth terms only)."""
     traffic = simulate(pattern, ranks, elements)
     size = elements * 4
     matrix = traffic.matrix / size
-    fig, (ax, side) = plt.subplots(1, 2, figsize=(6.4, 4.2), width_ratios=[4, 1.3], sharey=True)
+    fig, (ax, side, topo) = plt.subplots(1, 3, figsize=(8.4, 4.2), width_ratios=[4, 1.3, 2.2])
     vmax = max(2.0, float(matrix.max()))
     image = ax.imshow(matrix, cmap="cividis_r", vmin=0, vmax=vmax)
     ticks = range(0, ranks, max(1, ranks // 8))
     ax.set_xticks(list(ticks))
     ax.set_yticks(list(ticks))
-    ax.set(xlabel="to rank", ylabel="from rank", title=ALGORITHM_LABELS[pattern])
+    ax.set(xlabel="to rank", ylabel="from rank")
+    fig.suptitle(f"{ALGORITHM_LABELS[pattern]}, {ranks} ranks: {traffic.steps} rounds", fontsize=12)
     ax.grid(False)
     sent = traffic.sent / size
     side.barh(np.arange(ranks), sent, color=ALGORITHM_COLOURS[pattern])
-    side.set(xlabel="sent (× S)", xlim=(0, max(2.2, sent.max() * 1.1)))
+    side.set(xlabel="sent (× S)", xlim=(0, max(2.2, sent.max() * 1.1)), ylim=(ranks - 0.5, -0.5))
+    side.set_yticks([])
     side.xaxis.set_major_formatter(PLAIN)
     side.grid(False)
+    names = list(TOPOLOGY_VIEWS)
+    slow = [topology_slowdown(traffic, name) for name in names]
+    y = np.arange(len(names))[::-1]
+    topo.barh(y, np.nan_to_num(slow), color=PALETTE["sky"])
+    for yi, v in zip(y, slow, strict=True):
+        topo.text(0.05 if np.isnan(v) else v + 0.1, yi, "needs a\nreducing switch" if np.isnan(v)
+                  else f"{v:.2g}×", va="center", fontsize=9)
+    topo.axvline(1, color=PALETTE["black"], lw=1)
+    topo.set_yticks(y, names, fontsize=9)
+    topo.set(xlabel="time / on a switch", xlim=(0, max(3.0, np.nanmax(np.append(slow, 1)) * 1.4)))
+    topo.grid(False)
     bar = fig.colorbar(image, ax=[ax, side], shrink=0.8, location="bottom", aspect=40)
-    bar.set_label(f"bytes from row to column, in units of the buffer S ({traffic.steps} rounds)")
+    bar.set_label("bytes from row to column, in units of the buffer S")
     return fig
+
+
+VOLUME_MARKERS = {"ring": ("o", 10), "tree": ("^", 8), "one_shot": ("v", 7), "in_network": ("D", 6),
+                  "naive": ("s", 7)}
 
 
 @styled
 def plot_volumes(rank_counts: Sequence[int], elements: int = 2520) -> Figure:
     """Bytes the busiest rank sends in each simulated all-reduce (markers) against the closed forms
-    (lines): 2(n−1)/n·S for the ring and, at powers of two, halving-doubling; (n−1)·S for the root
-    of the naive one."""
+    (lines): 2(n−1)/n·S for the ring, S into a reducing switch, (n−1)·S for one-shot and for the
+    root of the naive one; the unpipelined tree's inner ranks send up to 3·S."""
     n = np.asarray(rank_counts)
     size = elements * 4
     fig, ax = plt.subplots()
-    for algorithm, marker, ms in (("ring", "o", 10), ("halving_doubling", "D", 6), ("naive", "s", 7)):
+    for algorithm, (marker, ms) in VOLUME_MARKERS.items():
         busiest = [simulate(algorithm, k, elements).sent.max() / size for k in n]
         ax.plot(n, busiest, ls="none", marker=marker, ms=ms, color=ALGORITHM_COLOURS[algorithm],
                 label=f"{ALGORITHM_LABELS[algorithm]}, simulated")
     grid = np.arange(2, n.max() + 1)
     ax.plot(grid, 2 * (grid - 1) / grid, color=TRAIN, lw=1.4, label="2(n−1)/n · S")
     ax.plot(grid, grid - 1, color=PALETTE["purple"], lw=1.4, ls="--", label="(n−1) · S")
+    ax.axhline(1, color=ALGORITHM_COLOURS["in_network"], lw=1, ls=":", label="S (the switch adds)")
     ax.set(xscale="log", yscale="log", xlabel="ranks n", ylabel="bytes sent by the busiest rank (× S)")
     ax.minorticks_off()
     ax.set_xticks(n)
-    ax.set_yticks([1, 2, 5, 10, 20, 50])
+    ax.set_yticks([1, 2, 3, 5, 10, 20, 50])
     ax.xaxis.set_major_formatter(PLAIN)
     ax.yaxis.set_major_formatter(PLAIN)
-    ax.legend(fontsize=9, loc="upper left")
-    return fig
-
-
-def _link_rows(links: pd.DataFrame) -> pd.DataFrame:
-    return links.dropna(subset=["gb_s_per_direction", "latency_us"])
-
-
-@styled
-def plot_scaling(links: pd.DataFrame, *, params: float, tokens_per_step: float, peak_flop_s: float,
-                 utilisation: float, chips: Sequence[int], model: str) -> Figure:
-    """Scaling efficiency (compute / (compute + ring all-reduce), no overlap) of data-parallel
-    training against the number of chips, one line per link of ``links`` (rows of data/links.csv)."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    rows = _link_rows(links).sort_values("gb_s_per_direction", ascending=False)
-    styles = ["-", "--", ":", "-."]
-    colours = [c for name, c in PALETTE.items() if name != "yellow"]
-    for i, (_, row) in enumerate(rows.iterrows()):
-        eff = [network.data_parallel_step(params, tokens_per_step, int(c), peak_flop_s, utilisation,
-                                          row.gb_s_per_direction * 1e9, row.latency_us * 1e-6).efficiency
-               for c in chips]
-        ax.plot(chips, eff, ls=styles[i % len(styles)], marker="o", ms=4, color=colours[i % len(colours)],
-                label=f"{row.link.split(' (')[0]}, {row.gb_s_per_direction:g} GB/s")
-    ax.set(xscale="log", ylim=(0, 1.02), xlabel="chips in data parallel",
-           ylabel="scaling efficiency", title=f"{model}: {tokens_per_step / 1e6:.3g}M tokens a step")
-    ax.minorticks_off()
-    ax.xaxis.set_major_formatter(PLAIN)
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0%}"))
-    ax.legend(fontsize=8, loc="lower left", ncols=2, framealpha=0.9)
+    ax.legend(fontsize=8, loc="upper left")
     return fig
 
 
 @styled
-def plot_step(link: str, chips: int, *, links: pd.DataFrame, models: pd.DataFrame, tokens_per_step: float,
-              peak_flop_s: float, utilisation: float) -> Figure:
-    """One data-parallel step on ``chips`` chips joined by ``link``: compute time (6·N_active·T
-    FLOP) against the ring all-reduce of the whole gradient (N_total values in BF16), per model."""
-    row = links.set_index("link").loc[link]
-    bandwidth, latency = row.gb_s_per_direction * 1e9, row.latency_us * 1e-6
-    fig, ax = plt.subplots(figsize=(6.4, 0.62 * len(models) + 1.8))
-    y = np.arange(len(models))
-    compute, comm = [], []
-    for _, m in models.iterrows():
-        step = network.data_parallel_step(m.params, tokens_per_step, chips, peak_flop_s, utilisation,
-                                          bandwidth, latency, active_params=m.active_params)
-        compute.append(step.compute)
-        comm.append(step.allreduce)
-    ax.barh(y + 0.2, compute, height=0.38, color=SERVE, label="compute")
-    ax.barh(y - 0.2, comm, height=0.38, color=TRAIN, label="gradient all-reduce (ring)")
-    for i, (c, a) in enumerate(zip(compute, comm, strict=True)):
-        ax.text(max(c, a) * 1.3, i, f"{c / (c + a):.0%}", va="center", fontsize=11)
-    ax.set_yticks(y, models["model"])
-    ax.set(xscale="log", xlim=(1e-2, 3e4), xlabel="seconds per step (% = scaling efficiency)",
-           title=f"{chips} chips, {link}")
+def plot_layout(dp: int, overlap: float, utilisation: float, *, params: float, layers: int, d_model: float,
+                tokens_per_step: float, tp: int, pp: int, peak_flop_s: float, scale_up: float,
+                scale_out: float, model: str) -> Figure:
+    """Seconds per step for one GPU of a tensor × pipeline × data layout at a fixed global batch:
+    compute against each parallelism's bytes over the tier that carries it, with the step's
+    efficiency when tensor parallelism runs over the scale-up domain and when it runs over the
+    scale-out network (bandwidth terms; :meth:`chipbook.network.TierTraffic.efficiency`)."""
+    layout = network.Layout(tp=tp, cp=1, pp=pp, dp=dp)
+    t = network.layout_traffic(params, layers, d_model, tokens_per_step, layout, peak_flop_s=peak_flop_s,
+                               utilisation=utilisation)
+    bars = {"compute": (t.compute, SERVE),
+            "tensor, scale-up": (t.tensor / scale_up, PALETTE["green"]),
+            "tensor, scale-out": (t.tensor / scale_out, PALETTE["orange"]),
+            "pipeline, scale-out": (t.pipeline / scale_out, PALETTE["sky"]),
+            "data (gradient), scale-out": (t.data / scale_out, TRAIN)}
+    fig, ax = plt.subplots(figsize=(6.8, 4.2))
+    y = np.arange(len(bars))[::-1]
+    ax.barh(y, [v for v, _ in bars.values()], color=[c for _, c in bars.values()])
+    for yi, (v, _) in zip(y, bars.values(), strict=True):
+        ax.text(v * 1.08, yi, _seconds(v), va="center", fontsize=10)
+    ax.set_yticks(y, list(bars))
+    ax.set(xscale="log", xlim=(1e-3, 1e3), xlabel="seconds per step, one GPU")
     ax.minorticks_off()
     ax.xaxis.set_major_formatter(SECONDS)
-    ax.legend(loc="lower center", bbox_to_anchor=(0.45, 1.08), ncols=2, frameon=False, fontsize=10)
+    good = t.efficiency(tensor_bandwidth=scale_up, pipeline_bandwidth=scale_out, data_bandwidth=scale_out,
+                        overlap=overlap)
+    bad = t.efficiency(tensor_bandwidth=scale_out, pipeline_bandwidth=scale_out, data_bandwidth=scale_out,
+                       overlap=overlap)
+    ax.set_title(f"{model}, TP{tp} PP{pp} DP{dp}, {tokens_per_step / dp:,.0f} tokens per replica\n"
+                 f"step efficiency: {good:.0%} with tensor parallelism inside\nthe scale-up domain, "
+                 f"{bad:.0%} over the scale-out network", fontsize=10, loc="left")
+    return fig
+
+
+@styled
+def plot_decode(batch: int, overhead: float, *, latency: float, bandwidth: float, layers: int, d_model: float,
+                ranks: int, algorithms: Sequence[str]) -> Figure:
+    """Communication per generated token of tensor-parallel decoding (two all-reduces per layer),
+    split into its fixed part (overhead and α per round) and its bandwidth part, per algorithm."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    y = np.arange(len(algorithms))[::-1]
+    fixed, moving = [], []
+    for algorithm in algorithms:
+        total = network.tensor_parallel_decode_time(layers, d_model, ranks, bandwidth, latency, batch=batch,
+                                                    algorithm=algorithm, overhead=overhead)
+        lat = network.tensor_parallel_decode_time(layers, d_model, ranks, 1e30, latency, batch=batch,
+                                                  algorithm=algorithm, overhead=overhead)
+        fixed.append(lat)
+        moving.append(total - lat)
+    ax.barh(y, fixed, color="#bbbbbb", label="overhead and α per round")
+    ax.barh(y, moving, left=fixed, color=[ALGORITHM_COLOURS[a] for a in algorithms],
+            label="bytes / bandwidth")
+    for yi, f, m in zip(y, fixed, moving, strict=True):
+        ax.text((f + m) * 1.03, yi, f"{(f + m) * 1e3:.2g} ms ({m / (f + m):.0%} bandwidth)", va="center",
+                fontsize=9)
+    ax.set_yticks(y, [ALGORITHM_LABELS[a].replace(" all-reduce", "") for a in algorithms])
+    ax.set(xlim=(0, max(f + m for f, m in zip(fixed, moving, strict=True)) * 1.9),
+           xlabel="communication per token", title=f"batch {batch}, {ranks}-way tensor parallel")
+    ax.xaxis.set_major_formatter(SECONDS)
+    ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncols=2, frameon=False)
     return fig
 
 
@@ -174,19 +228,16 @@ def plot_message_sizes(sizes: Mapping[str, float], colours: Sequence[str]) -> Fi
 
 
 @styled
-def plot_alpha_beta(ranks: int, bandwidth: float, latency: float, *, link: str,
-                    marks: Mapping[str, float]) -> Figure:
-    """All-reduce time against message size on ``ranks`` ranks (ring and halving-doubling), with
-    the latency-only and bandwidth-only asymptotes and vertical marks at the ``marks`` sizes."""
+def plot_alpha_beta(ranks: int, bandwidth: float, latency: float, overhead: float, *, link: str,
+                    algorithms: Sequence[str], marks: Mapping[str, float]) -> Figure:
+    """All-reduce time against message size on ``ranks`` ranks for each of ``algorithms``, with
+    vertical marks at the ``marks`` sizes."""
     sizes = np.geomspace(1e3, 1e11, 200)
     fig, ax = plt.subplots()
-    for algorithm in ("ring", "halving_doubling"):
-        t = [network.allreduce_time(s, ranks, bandwidth, latency, algorithm) for s in sizes]
+    for algorithm in algorithms:
+        t = [network.allreduce_time(s, ranks, bandwidth, latency, algorithm, overhead=overhead)
+             for s in sizes]
         ax.plot(sizes, t, color=ALGORITHM_COLOURS[algorithm], label=ALGORITHM_LABELS[algorithm])
-    ax.plot(sizes, 2 * (ranks - 1) / ranks * sizes / bandwidth, color=PALETTE["black"], lw=1, ls=":",
-            label="bandwidth term only, 2(n−1)/n · S/B")
-    ax.axhline(2 * (ranks - 1) * latency, color=PALETTE["black"], lw=1, ls="--",
-               label="latency term only (ring), 2(n−1)α")
     for name, size in marks.items():
         ax.axvline(size, color=PALETTE["sky"], lw=1.2)
         ax.text(size * 1.3, 2e-1, name, rotation=90, va="top", fontsize=9)
@@ -195,36 +246,5 @@ def plot_alpha_beta(ranks: int, bandwidth: float, latency: float, *, link: str,
     ax.minorticks_off()
     ax.xaxis.set_major_formatter(BYTES)
     ax.yaxis.set_major_formatter(SECONDS)
-    ax.legend(fontsize=8, loc="upper left")
-    return fig
-
-
-@styled
-def plot_topologies(ranks: int, elements: int = 960) -> Figure:
-    """Left: the bisection bandwidth each pattern needs to run at link speed, in links; right: how
-    much slower it runs on a ring and on a chain of chips than on a non-blocking switch."""
-    patterns = ["ring", "halving_doubling", "naive", "pipeline"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(7.2, 3.9), sharey=True)
-    y = np.arange(len(patterns))[::-1]
-    demand, slow_ring, slow_chain = [], [], []
-    for p in patterns:
-        traffic = simulate(p, ranks, elements)
-        demand.append(network.bisection_demand(traffic))
-        base = network.simulated_time(traffic, "switch", 1.0, 0.0)
-        slow_ring.append(network.simulated_time(traffic, "ring", 1.0, 0.0) / base)
-        slow_chain.append(network.simulated_time(traffic, "chain", 1.0, 0.0) / base)
-    colours = [ALGORITHM_COLOURS[p] for p in patterns]
-    left.barh(y, demand, color=colours)
-    for yi, d in zip(y, demand, strict=True):
-        left.text(d + 0.2, yi, f"{d:.2g}", va="center", fontsize=10)
-    left.set_yticks(y, [ALGORITHM_LABELS[p].replace(" all-reduce", "") for p in patterns])
-    left.set(xlabel="bisection needed (links)", xlim=(0, ranks * 1.25))
-    right.barh(y + 0.18, slow_ring, height=0.34, color=PALETTE["sky"], label="ring of chips")
-    right.barh(y - 0.18, slow_chain, height=0.34, color=PALETTE["black"], label="chain of chips")
-    for yi, a, b in zip(y, slow_ring, slow_chain, strict=True):
-        right.text(a + 0.1, yi + 0.18, f"{a:.2g}×", va="center", fontsize=9)
-        right.text(b + 0.1, yi - 0.18, f"{b:.2g}×", va="center", fontsize=9)
-    right.set(xlabel="time / time on a switch", xlim=(0, max(slow_chain) * 1.35))
-    right.legend(fontsize=9, loc="lower right")
-    fig.suptitle(f"{ranks} ranks, bandwidth terms only", fontsize=12)
+    ax.legend(fontsize=8, loc="lower right")
     return fig
