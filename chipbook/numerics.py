@@ -9,7 +9,12 @@ Sources:
 * Mixed precision, loss scaling and fp32 master weights [micikevicius2018mixed]; stochastic rounding
   [gupta2015deep]; Kahan-compensated weight updates [kahan1965pracniques, zamirai2020revisiting].
 * Limited-precision accumulation and its promotion to fp32 every N_C products
-  [deepseekai2024deepseekv3, section 3.3.2]; the error bound of recursive summation [higham2002accuracy].
+  [deepseekai2024deepseekv3, section 3.3.2]; the error bound of recursive summation [higham2002accuracy];
+  block fused multiply-add with alignment truncation, as measured on tensor cores
+  [fasi2021numerical, blanchard2020mixed].
+* Per-tensor scaling from the current amax or from an amax history (Transformer Engine's delayed
+  scaling) [nvidia2024te]; the MX scale rounded up instead of the OCP floor rule [mishra2025recipes];
+  the cosine learning-rate schedule [loshchilov2017sgdr].
 * Optimizers as in PyTorch's ``torch.optim`` (Adam [kingma2015adam], NAdam with momentum decay
   [dozat2016incorporating, pytorch2024nadam], SGD with momentum), in the same float32 operation order.
 
@@ -188,18 +193,43 @@ def quantize_stochastic(x: ArrayLike, fmt: str, rng: np.random.Generator) -> np.
     return out.astype(np.float32)
 
 
+MX_RULES = ("floor", "ceil")
+
+
+def mx_scale_exponent(amax: ArrayLike, fmt: str, rule: str = "floor") -> np.ndarray:
+    """The E8M0 exponent of an MX block's shared scale X = 2^e from the block's largest magnitude
+    ``amax``. ``rule="floor"``: e = floor(log2 amax) − emax_elem, the OCP MX v1.0 rule
+    [ocp2023mx, rouhani2023microscaling, Algorithm 1]; it maps amax into [2^emax, 2^(emax+1)), so a
+    block whose amax/X lands above the element format's largest value is clamped. ``rule="ceil"``:
+    e = ceil(log2(amax / max_elem)), the scale rounded up ("round to infinity") as Mishra et al.
+    recommend for MXFP8 pre-training [mishra2025recipes], so that amax/X never exceeds max_elem.
+    Exponents are clipped to E8M0's range; a block of zeros gets X = 1."""
+    f = get_format(_checks.choice("fmt", fmt, MX_FORMATS))
+    _checks.choice("rule", rule, MX_RULES)
+    amax = np.asarray(amax, dtype=np.float64)
+    safe = np.where(amax > 0, amax, 1.0)
+    if rule == "floor":
+        e = np.floor(np.log2(safe)) - f.emax
+    else:
+        m, ex = np.frexp(safe / f.max)  # exact: ceil(log2 y) = ex − 1 when y is a power of two, else ex
+        e = np.where(m == 0.5, ex - 1, ex)
+    e = np.where(amax > 0, e, 0)
+    return np.clip(e, *E8M0_RANGE).astype(np.int64)
+
+
 def quantize_scaled(x: ArrayLike, fmt: str, scaling: str = "tensor", *, batch_dims: int = 0,
-                    block: int = MX_BLOCK) -> np.ndarray:
+                    block: int = MX_BLOCK, axis: int = -1, rule: str = "floor") -> np.ndarray:
     """Quantize ``x`` to ``fmt`` through a scale, and return the dequantized values (float32).
 
     ``scaling``: ``"none"`` (a plain saturating cast); ``"tensor"``: one float32 scale per tensor,
     max/amax, so the largest magnitude lands on the format's largest value (FP8 recipes with
     per-tensor scaling, [micikevicius2022fp8]); ``"channel"``: one such scale per slice along the
     last axis (int8 weights, one per output column when the last axis holds outputs); ``"mx"``: OCP
-    MX blocks of ``block`` consecutive elements along the last axis, each with the power-of-two scale
-    X = 2^(floor(log2 amax) − emax_elem), elements quantized as V/X with saturation
-    [ocp2023mx, rouhani2023microscaling, Algorithm 1]. The first ``batch_dims`` axes index
-    independent tensors (stacked models), each scaled on its own.
+    MX blocks of ``block`` consecutive elements along ``axis`` (for a matrix product, its reduction
+    axis), each with the power-of-two scale of :func:`mx_scale_exponent` under ``rule``, elements
+    quantized as V/X with saturation [ocp2023mx, rouhani2023microscaling, Algorithm 1]. An axis
+    whose length is not a multiple of ``block`` ends in a shorter block, as zero padding would give.
+    The first ``batch_dims`` axes index independent tensors (stacked models), each scaled on its own.
     """
     f = get_format(fmt)
     _checks.choice("scaling", scaling, SCALINGS)
@@ -210,16 +240,21 @@ def quantize_scaled(x: ArrayLike, fmt: str, scaling: str = "tensor", *, batch_di
     if scaling == "none":
         return quantize(x32, fmt, saturate=True)
     if scaling == "mx":
-        _checks.choice("fmt", fmt, MX_FORMATS)
         block = _checks.count("block", block)
-        if x32.ndim == 0 or x32.shape[-1] % block:
-            raise ValueError(f"the last axis of x must be a multiple of block = {block}, got {x32.shape}")
-        blocks = x32.reshape(*x32.shape[:-1], x32.shape[-1] // block, block)
-        amax = np.max(np.abs(blocks), axis=-1, keepdims=True).astype(np.float64)
-        with np.errstate(divide="ignore"):
-            shared = np.floor(np.log2(np.where(amax > 0, amax, 1.0))) - f.emax
-        scale = np.ldexp(1.0, np.clip(shared, *E8M0_RANGE).astype(int)).astype(np.float32)
-        return (quantize(blocks / scale, fmt, saturate=True) * scale).reshape(x32.shape)
+        _checks.choice("fmt", fmt, MX_FORMATS)
+        _checks.choice("rule", rule, MX_RULES)
+        if x32.ndim == 0 or not -x32.ndim <= axis < x32.ndim:
+            raise ValueError(f"axis must index an axis of x (shape {x32.shape}), got {axis}")
+        moved = np.moveaxis(x32, axis, -1)
+        n = moved.shape[-1]
+        pad = -n % block
+        if pad:
+            moved = np.concatenate([moved, np.zeros((*moved.shape[:-1], pad), np.float32)], axis=-1)
+        blocks = moved.reshape(*moved.shape[:-1], (n + pad) // block, block)
+        amax = np.max(np.abs(blocks), axis=-1, keepdims=True)
+        scale = np.ldexp(1.0, mx_scale_exponent(amax, fmt, rule)).astype(np.float32)
+        out = (quantize(blocks / scale, fmt, saturate=True) * scale).reshape(moved.shape)[..., :n]
+        return np.moveaxis(out, -1, axis)
     if scaling == "tensor":
         axes = tuple(range(batch_dims, x32.ndim))
     else:
@@ -229,6 +264,30 @@ def quantize_scaled(x: ArrayLike, fmt: str, scaling: str = "tensor", *, batch_di
     amax = np.max(np.abs(x32), axis=axes, keepdims=True) if axes else np.abs(x32)
     scale = np.where(amax > 0, np.float32(f.max) / np.where(amax > 0, amax, 1), 1).astype(np.float32)
     return quantize(x32 * scale, fmt, saturate=True) / scale
+
+
+def mx_block_max_error(x: ArrayLike, fmt: str, rule: str = "floor",
+                       block: int = MX_BLOCK) -> dict[str, float]:
+    """What MX quantization does to the largest element of each block of ``block`` consecutive
+    values along the last axis of ``x``: the share of blocks whose largest magnitude, divided by
+    the block's scale, lies above the element format's largest value (so the cast clamps it), the
+    mean relative error of that element over those blocks, and over all blocks."""
+    x32 = _as_float32("x", x)
+    block = _checks.count("block", block)
+    if x32.ndim == 0 or x32.shape[-1] % block:
+        raise ValueError(f"the last axis of x must be a multiple of block = {block}, got {np.shape(x32)}")
+    f = get_format(_checks.choice("fmt", fmt, MX_FORMATS))
+    blocks = x32.reshape(-1, block)
+    blocks = blocks[np.any(blocks != 0, axis=1)]
+    if len(blocks) == 0:
+        raise ValueError("x must hold at least one block with a non-zero value")
+    amax = np.max(np.abs(blocks), axis=1).astype(np.float64)
+    scale = np.ldexp(1.0, mx_scale_exponent(amax, fmt, rule))
+    clamped = amax / scale > f.max
+    q = np.abs(quantize(amax / scale, fmt, saturate=True)).astype(np.float64) * scale
+    err = np.abs(q - amax) / amax
+    return {"clamped": float(clamped.mean()), "error_clamped": float(err[clamped].mean()) if clamped.any()
+            else 0.0, "error": float(err.mean())}
 
 
 def round_mantissa(x: ArrayLike, bits: int, mode: str = "nearest") -> np.ndarray:
@@ -284,6 +343,48 @@ def dot_accumulate(a: ArrayLike, b: ArrayLike, bits: ArrayLike, promote_every: A
     if prefixes:
         return out
     return np.where(every > 0, (acc + partial).astype(np.float32), partial)
+
+
+def block_dot(a: ArrayLike, b: ArrayLike, bits: int, block: int = 16, promote_every: int | None = None, *,
+              prefixes: bool = False) -> np.ndarray:
+    """Dot products along the last axis as a matrix unit with a block fused multiply-add computes
+    them [fasi2021numerical, blanchard2020mixed]: the products are exact; every ``block`` products
+    are added to the running sum in one step, in which all ``block`` + 1 terms are aligned to the
+    largest of their exponents and each is truncated (towards zero) to a multiple of 2^(E − ``bits``),
+    where 2^E is the leading bit of the largest term (the bits shifted out of the adder are dropped);
+    the exact sum of the aligned terms is then normalised and truncated to ``bits`` fraction bits. With
+    ``promote_every = N`` (a multiple of ``block``) the running sum is added to an fp32 register and
+    restarted every N products, as DeepSeek-V3 does [deepseekai2024deepseekv3]. A last partial block
+    is padded with zeros. With ``prefixes=True`` the last axis of the result holds the sum after
+    each block (K = block, 2·block, …)."""
+    bits = _checks.count("bits", bits)
+    if bits > 40:
+        raise ValueError(f"bits must be at most 40 (the aligned sum must stay exact in float64), got {bits}")
+    block = _checks.count("block", block)
+    every = 0 if promote_every is None else _checks.count("promote_every", promote_every)
+    if every % block:
+        raise ValueError(f"promote_every must be None or a multiple of block = {block}, "
+                         f"got {promote_every!r}")
+    prods = np.asarray(a, dtype=np.float64) * np.asarray(b, dtype=np.float64)
+    if prods.ndim == 0 or prods.shape[-1] < 1:
+        raise ValueError("a and b must have at least one element along their last axis")
+    pad = -prods.shape[-1] % block
+    if pad:
+        prods = np.concatenate([prods, np.zeros((*prods.shape[:-1], pad))], axis=-1)
+    lead, n_blocks = prods.shape[:-1], prods.shape[-1] // block
+    groups = prods.reshape(*lead, n_blocks, block)
+    acc, promoted = np.zeros(lead), np.zeros(lead, np.float32)
+    out = np.empty((*lead, n_blocks), np.float32) if prefixes else None
+    for j in range(n_blocks):
+        terms = np.concatenate([acc[..., None], groups[..., j, :]], axis=-1)
+        _, e = np.frexp(np.max(np.abs(terms), axis=-1, keepdims=True))  # largest term in [2^(e-1), 2^e)
+        quantum = np.ldexp(1.0, e - 1 - bits)
+        acc = round_mantissa(np.sum(np.trunc(terms / quantum) * quantum, axis=-1), bits, "truncate")
+        if every and (j + 1) * block % every == 0:
+            promoted, acc = (promoted + acc).astype(np.float32), np.zeros(lead)
+        if prefixes:
+            out[..., j] = (promoted + acc).astype(np.float32)
+    return out if prefixes else (promoted + acc).astype(np.float32)
 
 
 def summation_bound(k, bits: int) -> np.ndarray:
@@ -477,34 +578,51 @@ def make_task(seed: int = 0, *, n_train: int = 2048, n_test: int = 2048, d_in: i
 
 
 OPTIONS = {
-    "compute": ("fp32", "tf32", "bf16", "fp16", "fp8_e4m3", "fp8_e5m2", "fp4_e2m1"),
+    "compute": ("fp32", "tf32", "bf16", "fp16", "fp8_e4m3", "fp8_e5m2", "fp4_e2m1", "int8"),
     "grad": ("fp32", "bf16", "fp16", "fp8_e4m3", "fp8_e5m2"),
-    "scaling": ("none", "tensor"),
+    "scaling": ("none", "tensor", "delayed", "mx"),
+    "mx_rule": MX_RULES,
+    "wgrad": (None, "fp32", "bf16", "fp16"),
     "weights": (*FLOAT_FORMATS, "int8"),
     "rounding": ("nearest", "stochastic", "kahan"),
     "weight_scaling": ("none", "tensor", "channel"),
     "optimizer": tuple(OPTIMIZERS),
 }
+TE_AMAX_HISTORY = 1024  # Transformer Engine's DelayedScaling default amax_history_len [nvidia2024te]
 
 
 @dataclass(frozen=True)
 class Recipe:
     """How a training step's numbers are held.
 
-    ``compute``: the format of the matmul inputs (weights and activations) in the forward and
-    backward passes; ``grad``: the format the backward pass writes gradients in; ``scaling``:
-    ``"tensor"`` casts both through a per-tensor scale, ``"none"`` casts directly (fp16 and e5m2
-    overflow to inf, which dynamic loss scaling detects); ``loss_scale``: a static factor or
-    ``"dynamic"`` (halve on overflow and skip the step, double after ``growth_interval`` good steps,
-    as PyTorch's GradScaler); ``weights``: the format the optimizer's weights are kept in ("fp32" is
-    an fp32 master copy), rounded after each update by ``rounding`` (nearest, stochastic, or Kahan
-    compensated with a buffer in the same format), through ``weight_scaling`` for 8- and 4-bit
-    formats; ``optimizer`` with its ``state`` format and ``state_compute`` arithmetic.
+    ``compute``: the format of the matrix-product inputs (weights and activations) in the forward and
+    backward passes; ``grad``: the format the backward pass casts activation gradients to before they
+    enter a matrix product; ``scaling``: how both are cast: ``"none"`` directly (fp16 and E5M2 overflow
+    to inf, which dynamic loss scaling detects), ``"tensor"`` through one scale per tensor from its
+    current largest magnitude (current scaling), ``"delayed"`` through one scale per tensor from the
+    largest magnitude seen in the last ``amax_history`` steps (Transformer Engine's default
+    DelayedScaling [nvidia2024te]: the first step uses a scale of 1, a value past the range saturates),
+    or ``"mx"``, OCP MX blocks of 32 along each product's reduction axis with scale rule ``mx_rule``
+    (int8 gets one scale per tensor); 16-bit formats are always cast directly; ``wgrad``: the format the
+    weight-gradient product writes (None: the gradient format when it has 16 or more bits, else bf16, as
+    FP8 GEMMs write their outputs in higher precision); ``acc_bits``: when set, every matrix product
+    accumulates in blocks of ``acc_block`` products with alignment truncation to that many fraction bits
+    (:func:`block_dot`), otherwise exactly, rounded once to fp32; ``loss_scale``: a static factor or
+    ``"dynamic"`` (halve on overflow and skip the step, double after ``growth_interval`` good steps, as
+    PyTorch's GradScaler); ``weights``: the format the optimizer's weights are kept in ("fp32" is an
+    fp32 master copy), rounded after each update by ``rounding`` (nearest, stochastic, or Kahan
+    compensated with a buffer in the same format), through ``weight_scaling`` for 8- and 4-bit formats;
+    ``optimizer`` with its ``state`` format and ``state_compute`` arithmetic.
     """
 
     compute: str = "fp32"
     grad: str = "fp32"
     scaling: str = "none"
+    mx_rule: str = "floor"
+    amax_history: int = TE_AMAX_HISTORY
+    wgrad: str | None = None
+    acc_bits: int | None = None
+    acc_block: int = 16
     loss_scale: float | str = 1.0
     weights: str = "fp32"
     rounding: str = "nearest"
@@ -523,8 +641,21 @@ class Recipe:
         if self.rounding != "nearest" and (self.weights == "fp32" or self.weight_scaling != "none"):
             raise ValueError("rounding 'stochastic' or 'kahan' needs unscaled low-precision weights "
                              f"(weights other than 'fp32', weight_scaling 'none'); got {self}")
+        if self.compute == "int8" and self.scaling not in ("tensor", "delayed"):
+            raise ValueError(f"compute 'int8' needs scaling 'tensor' or 'delayed', got {self.scaling!r}")
+        _checks.count("amax_history", self.amax_history)
+        _checks.count("acc_block", self.acc_block)
+        if self.acc_bits is not None and not (isinstance(self.acc_bits, int) and 1 <= self.acc_bits <= 40):
+            raise ValueError(f"acc_bits must be None or a whole number in 1 … 40, got {self.acc_bits!r}")
         _checks.choice("state", self.state, FLOAT_FORMATS)
         _checks.choice("state_compute", self.state_compute, ("fp32", "tf32", "bf16", "fp16"))
+
+    @property
+    def wgrad_format(self) -> str:
+        """The format the weight-gradient matrix product writes."""
+        if self.wgrad is not None:
+            return self.wgrad
+        return self.grad if FORMATS[self.grad].bits >= 16 else "bf16"
 
 
 @dataclass
@@ -536,11 +667,15 @@ class Run:
     eval_steps: np.ndarray
     loss: np.ndarray            # (evals, lrs, seeds) training-set loss of the stored weights, in fp32
     test_accuracy: np.ndarray   # (lrs, seeds)
+    test_loss: np.ndarray       # (lrs, seeds) fp32 cross-entropy on the held-out (test) examples
     flushed: np.ndarray         # (lrs, seeds) share of non-zero activation gradients the cast made zero
     skipped: np.ndarray         # (lrs, seeds) steps skipped for an overflow
     params: list[np.ndarray]    # final weights, leading axis = lrs × seeds
     grad_sample: np.ndarray     # magnitudes of the first model's activation gradients (unscaled, fp32)
     loss_scale: np.ndarray      # (steps, lrs × seeds) the loss scale used at each step
+    flush_trace: np.ndarray     # (steps, lrs × seeds) share of activation gradients flushed, per step
+    error_trace: np.ndarray     # (steps, lrs × seeds) relative error (L2) of the activation-gradient casts
+    skip_trace: np.ndarray      # (steps, lrs × seeds) True where the step was skipped for an overflow
 
 
 def init_params(seeds: Sequence[int], d_in: int, hidden: int, classes: int) -> list[np.ndarray]:
@@ -562,6 +697,13 @@ def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     also makes the result independent of the BLAS kernel's summation order, so a run gives the same
     float32 numbers on every machine."""
     return np.matmul(np.asarray(a, np.float64), np.asarray(b, np.float64)).astype(np.float32)
+
+
+def _mm_narrow(a: np.ndarray, b: np.ndarray, bits: int, block: int) -> np.ndarray:
+    """A stacked matrix product (models, m, k) @ (models, k, n) through :func:`block_dot`."""
+    rows = np.asarray(a, np.float64)[..., :, None, :]  # (models, m, 1, k)
+    cols = np.swapaxes(np.asarray(b, np.float64), -1, -2)[..., None, :, :]  # (models, 1, n, k)
+    return block_dot(rows, cols, bits, block)
 
 
 def logits(params: Sequence[np.ndarray], x: np.ndarray) -> np.ndarray:
@@ -593,13 +735,49 @@ def accuracy(params: Sequence[np.ndarray], x: np.ndarray, y: np.ndarray) -> np.n
     return (logits(params, x).argmax(axis=-1) == y).mean(axis=-1)
 
 
-def _cast(t: np.ndarray, fmt: str, scaling: str) -> np.ndarray:
-    if fmt == "fp32":
-        return t
-    if scaling == "tensor":
-        return quantize_scaled(t, fmt, "tensor", batch_dims=1)
-    with np.errstate(over="ignore", invalid="ignore"):
-        return quantize(t, fmt)
+class _Caster:
+    """Casts of one training step's tensors under a recipe's scaling, one model per leading index.
+    For "delayed" scaling it keeps each named tensor's amax history across steps."""
+
+    def __init__(self, recipe: Recipe, n: int):
+        self.recipe, self.n = recipe, n
+        self.history: dict[str, np.ndarray] = {}
+        self.cache: dict[tuple[str, str], np.ndarray] = {}
+
+    def new_step(self) -> None:
+        self.cache = {}
+
+    def __call__(self, t: np.ndarray, fmt: str, name: str, axis: int) -> np.ndarray:
+        """``t`` cast to ``fmt``; ``axis`` is the reduction axis of the product it enters (MX)."""
+        scaling = self.recipe.scaling
+        if fmt == "fp32":
+            return t
+        if scaling == "mx" and fmt in MX_FORMATS:
+            return quantize_scaled(t, fmt, "mx", axis=axis, rule=self.recipe.mx_rule)
+        if (name, fmt) in self.cache:  # one scale per tensor: the same cast serves both products
+            return self.cache[(name, fmt)]
+        if FORMATS[fmt].bits >= 16:  # 16-bit formats are cast directly, whatever the 8-bit scaling
+            scaling = "none"
+        if scaling == "tensor" or (scaling == "mx" and fmt == "int8"):
+            out = quantize_scaled(t, fmt, "tensor", batch_dims=1)
+        elif scaling == "delayed":
+            out = self._delayed(t, fmt, name)
+        else:
+            with np.errstate(over="ignore", invalid="ignore"):
+                out = quantize(t, fmt)
+        self.cache[(name, fmt)] = out
+        return out
+
+    def _delayed(self, t: np.ndarray, fmt: str, name: str) -> np.ndarray:
+        f = FORMATS[fmt]
+        past = self.history.setdefault(name, np.zeros((self.n, self.recipe.amax_history)))
+        amax_past = past.max(axis=1)
+        scale = np.where(amax_past > 0, f.max / np.where(amax_past > 0, amax_past, 1), 1.0).astype(np.float32)
+        scale = scale.reshape((-1,) + (1,) * (t.ndim - 1))
+        out = quantize(t * scale, fmt, saturate=True) / scale
+        amax_now = np.max(np.abs(t).reshape(self.n, -1), axis=1)
+        self.history[name] = np.concatenate([amax_now[:, None], past[:, :-1]], axis=1)
+        return out
 
 
 def _store(old, new, comp, recipe: Recipe, rng):
@@ -615,26 +793,57 @@ def _store(old, new, comp, recipe: Recipe, rng):
     return quantize(new, fmt), comp
 
 
-def _gradients(params, xb, yb, recipe: Recipe, scale: np.ndarray, global_batch: int):
-    """One forward and backward pass of every stacked model under ``recipe`` with loss scale
-    ``scale`` (one per model). Returns the scaled gradients as the backward pass wrote them, the
-    activation gradients before and after their cast (for the flush count) and the ReLU mask."""
-    cast = lambda t: _cast(t, recipe.compute, recipe.scaling)  # noqa: E731
-    castg = lambda t: _cast(t, recipe.grad, recipe.scaling)  # noqa: E731
+def _forward(params, xb, recipe: Recipe, cast: _Caster):
+    """The forward pass with weights and activations cast as ``recipe`` says: the cast inputs, the
+    pre-activation and the logits (float64)."""
     w1, b1, w2, b2 = params
-    xq, w1q, w2q = cast(xb), cast(w1), cast(w2)
-    pre = _mm(xq, w1q) + b1[:, None, :]
-    hq = cast(np.maximum(pre, 0))
-    z = (_mm(hq, w2q) + b2[:, None, :]).astype(np.float64)
+    mm = _matmul(recipe)
+    xq, w1q = cast(xb, recipe.compute, "x", -1), cast(w1, recipe.compute, "w1", -2)
+    pre = mm(xq, w1q) + b1[:, None, :]
+    h = np.maximum(pre, 0)
+    hq = cast(h, recipe.compute, "h", -1)
+    z = (mm(hq, cast(w2, recipe.compute, "w2", -2)) + b2[:, None, :]).astype(np.float64)
+    return h, pre, z
+
+
+def _matmul(recipe: Recipe):
+    if recipe.acc_bits is None:
+        return _mm
+    return lambda a, b: _mm_narrow(a, b, recipe.acc_bits, recipe.acc_block)
+
+
+def served_accuracy(params: Sequence[np.ndarray], x: np.ndarray, y: np.ndarray, recipe: Recipe) -> np.ndarray:
+    """Test accuracy of stacked models whose forward pass casts weights and activations as
+    ``recipe``'s forward pass does (its ``compute`` format, ``scaling`` and accumulator), the same
+    tensors a training run under ``recipe`` casts; "delayed" scaling is served as current."""
+    if recipe.scaling == "delayed":
+        recipe = replace(recipe, scaling="tensor")
+    n = len(params[0])
+    cast = _Caster(recipe, n)
+    _, _, z = _forward(params, np.broadcast_to(np.asarray(x, np.float32), (n, *np.shape(x))), recipe, cast)
+    return (z.argmax(axis=-1) == y).mean(axis=-1)
+
+
+def _gradients(params, xb, yb, recipe: Recipe, scale: np.ndarray, divisor: int, cast: _Caster):
+    """One forward and backward pass of every stacked model under ``recipe`` with loss scale
+    ``scale`` (one per model) and each rank's loss divided by ``divisor``. Each matrix product's
+    inputs are cast along its reduction axis (for MX). Returns the scaled gradients as the backward
+    pass wrote them, the activation gradients before and after their cast and the ReLU mask."""
+    w2 = params[2]
+    mm = _matmul(recipe)
+    cast.new_step()
+    h, pre, z = _forward(params, xb, recipe, cast)
     p = np.exp(z - z.max(axis=-1, keepdims=True))
     p = (p / p.sum(axis=-1, keepdims=True)).astype(np.float32)  # float64 softmax, rounded once
-    loss_factor = (scale / global_batch).astype(np.float32)[:, None, None]
+    loss_factor = (scale / divisor).astype(np.float32)[:, None, None]
     dz = (p - np.eye(p.shape[-1], dtype=np.float32)[yb]) * loss_factor
-    dzq = castg(dz)
-    dh = _mm(dzq, np.swapaxes(w2q, 1, 2))
-    dhq = castg(dh) * (pre > 0)
-    grads = [castg(_mm(np.swapaxes(xq, 1, 2), dhq)), dhq.sum(axis=1),
-             castg(_mm(np.swapaxes(hq, 1, 2), dzq)), dzq.sum(axis=1)]
+    g, c, wg = recipe.grad, recipe.compute, recipe.wgrad_format
+    dh = mm(cast(dz, g, "dz", -1), np.swapaxes(cast(w2, c, "w2", -1), 1, 2)) * (pre > 0)  # dgrad, then ReLU'
+    dhq = cast(dh, g, "dh", -2)
+    dzq = cast(dz, g, "dz", -2)
+    with np.errstate(over="ignore", invalid="ignore"):  # fp16 weight gradients may overflow: detected later
+        grads = [quantize(mm(np.swapaxes(cast(xb, c, "x", -2), 1, 2), dhq), wg), dhq.sum(axis=1),
+                 quantize(mm(np.swapaxes(cast(h, c, "h", -2), 1, 2), dzq), wg), dzq.sum(axis=1)]
     return grads, (dz, dzq), (dh, dhq), pre > 0
 
 
@@ -649,6 +858,17 @@ def _flush_counts(before: np.ndarray, after: np.ndarray, mask=True) -> tuple[np.
     return live.sum(axis=axes), (live & (after == 0)).sum(axis=axes)
 
 
+def _cast_error(pairs) -> np.ndarray:
+    """Per model: ‖after − before‖ / ‖before‖ over the (before, after) pairs, non-finite values left out."""
+    num = den = 0.0
+    for before, after in pairs:
+        ok = np.isfinite(before) & np.isfinite(after)
+        diff = np.where(ok, after.astype(np.float64) - before, 0)
+        num = num + (diff**2).reshape(len(before), -1).sum(axis=1)
+        den = den + (np.where(ok, before, 0).astype(np.float64) ** 2).reshape(len(before), -1).sum(axis=1)
+    return np.sqrt(num / np.where(den > 0, den, 1))
+
+
 def _init(recipe: Recipe, seeds, n_lr, task, hidden):
     params = [np.repeat(p[None], n_lr, axis=0).reshape(n_lr * len(seeds), *p.shape[1:])
               for p in init_params(seeds, task.x_train.shape[1], hidden, task.classes)]
@@ -658,49 +878,74 @@ def _init(recipe: Recipe, seeds, n_lr, task, hidden):
     return params
 
 
+SCHEDULES = ("constant", "cosine")
+
+
+def lr_factor(step: int, steps: int, schedule: str = "constant", warmup: int = 0) -> float:
+    """The learning-rate multiplier at ``step`` (0-based) of ``steps``: a linear warm-up over the
+    first ``warmup`` steps ((step + 1) / warmup), times 1 (``"constant"``) or the cosine decay
+    ½(1 + cos(π·step/steps)) to zero [loshchilov2017sgdr]."""
+    _checks.choice("schedule", schedule, SCHEDULES)
+    warm = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    return warm * (1.0 if schedule == "constant" else 0.5 * (1 + np.cos(np.pi * step / steps)))
+
+
 def train(recipe: Recipe, task: Task, lrs, seeds: Sequence[int], *, steps: int = 120, batch: int = 64,
-          hidden: int = 32, global_batch: int = 2**24, eval_every: int = 10, eval_examples: int = 512,
-          growth_interval: int = 50, init_scale: float = 2.0**16,
-          optimizer_kwargs: dict | None = None) -> Run:
+          hidden: int = 32, loss_divisor: int | None = None, eval_every: int = 10, eval_examples: int = 512,
+          growth_interval: int = 50, init_scale: float = 2.0**16, schedule: str = "constant", warmup: int = 0,
+          spike: tuple[int, float] | None = None, optimizer_kwargs: dict | None = None) -> Run:
     """Train one network per (learning rate, seed) under ``recipe``, all at once (vectorised).
 
-    Each step draws a micro-batch of ``batch`` examples. Its loss is the sum of the examples' losses
-    divided by ``global_batch``, as on one data-parallel rank of a run whose global batch holds
-    ``global_batch`` tokens (Llama 3 405B ended its pre-training at 16M-token batches): that is what
-    makes activation gradients small enough to underflow [micikevicius2018mixed]. The weight update
-    uses the micro-batch gradient times global_batch / batch, the mean gradient, as if every rank's
-    gradient were alike. Seeds fix the initial weights and the order of the data; the same seed gives
-    the same start for every learning rate and recipe. A step with a non-finite gradient is skipped
-    for that model (its weights and optimizer state stay as they were). The loss curve is the fp32
-    loss of the stored weights on the first ``eval_examples`` training examples, every
-    ``eval_every`` steps.
+    Each step draws a micro-batch of ``batch`` examples, one data-parallel rank's. Its loss is the
+    sum of the examples' losses divided by ``loss_divisor``: by default the micro-batch size, the
+    mean that frameworks take on each rank before the all-reduce averages the ranks' gradients (so
+    the update uses the mean gradient whatever the number of ranks). A larger divisor models a rank
+    whose loss averages over more terms than this network has examples, as a language model's
+    averages over every token of its micro-batch: each term's gradient carries 1/divisor, which is
+    what pushes activation gradients towards underflow [micikevicius2018mixed]; the update still
+    uses the mean gradient. Seeds fix the initial weights and the order of the data; the same seed
+    gives the same start for every learning rate and recipe. A step with a non-finite gradient is
+    skipped for that model (weights and optimizer state stay as they were). ``schedule`` and
+    ``warmup`` shape the learning rate (:func:`lr_factor`). ``spike = (step, k)`` multiplies that
+    step's loss by k (a gradient spike). The loss curve is the fp32 loss of the stored weights on
+    the first ``eval_examples`` training examples, every ``eval_every`` steps.
     """
     lrs = np.atleast_1d(_checks.positive("lrs", lrs)).astype(np.float32)
     seeds = tuple(_checks.count("seed", s, minimum=0) for s in seeds)
     if not seeds:
         raise ValueError("seeds must hold at least one seed")
     steps, batch = _checks.count("steps", steps), _checks.count("batch", batch)
-    hidden, global_batch = _checks.count("hidden", hidden), _checks.count("global_batch", global_batch)
+    hidden = _checks.count("hidden", hidden)
+    divisor = batch if loss_divisor is None else _checks.count("loss_divisor", loss_divisor)
     eval_every = _checks.count("eval_every", eval_every)
     eval_examples = _checks.count("eval_examples", eval_examples)
     x_eval, y_eval = task.x_train[:eval_examples], task.y_train[:eval_examples]
     growth_interval = _checks.count("growth_interval", growth_interval)
     init_scale = _checks.positive("init_scale", init_scale)
+    _checks.choice("schedule", schedule, SCHEDULES)
+    warmup = _checks.count("warmup", warmup, minimum=0)
+    if spike is not None:
+        if not isinstance(spike, (tuple, list)) or len(spike) != 2:
+            raise ValueError(f"spike must be None or a pair (step, factor), got {spike!r}")
+        spike = (_checks.count("spike step", spike[0], minimum=0), _checks.positive("spike factor", spike[1]))
     n_lr, n_seed = len(lrs), len(seeds)
     n = n_lr * n_seed
     params = _init(recipe, seeds, n_lr, task, hidden)
     comps = [np.zeros_like(p) for p in params]
     shapes = [(n,) + (1,) * (p.ndim - 1) for p in params]
-    opt = OPTIMIZERS[recipe.optimizer](lr=np.repeat(lrs, n_seed), state=recipe.state,
-                                       compute=recipe.state_compute, batch_dims=1, **(optimizer_kwargs or {}))
+    base_lr = np.repeat(lrs, n_seed)
+    opt = OPTIMIZERS[recipe.optimizer](lr=base_lr, state=recipe.state, compute=recipe.state_compute,
+                                       batch_dims=1, **(optimizer_kwargs or {}))
     order = np.stack([np.random.default_rng([s, 2]).integers(0, len(task.y_train), (steps, batch))
                       for s in seeds])
     order = np.tile(order, (n_lr, 1, 1))  # (n, steps, batch): model k uses seed k % n_seed
     rng = np.random.default_rng([seeds[0], 3])
+    cast = _Caster(recipe, n)
     dynamic = recipe.loss_scale == "dynamic"
     scale = np.full(n, init_scale if dynamic else float(recipe.loss_scale))
     good, skipped, counts = np.zeros(n, int), np.zeros(n, int), np.zeros((2, n))
-    scale_log = np.empty((steps, n))
+    scale_log, flush_log, error_log = np.empty((steps, n)), np.empty((steps, n)), np.empty((steps, n))
+    skip_log = np.zeros((steps, n), bool)
     eval_steps = np.arange(0, steps + 1, eval_every)
     losses, samples = [], []
     with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is modelled, not an error
@@ -709,17 +954,22 @@ def train(recipe: Recipe, task: Task, lrs, seeds: Sequence[int], *, steps: int =
                 losses.append(cross_entropy(logits(params, x_eval), y_eval))
             scale_log[step] = scale
             idx = order[:, step]
+            factor = spike[1] if spike is not None and step == spike[0] else 1.0
             grads, (dz, dzq), (dh, dhq), relu = _gradients(params, task.x_train[idx], task.y_train[idx],
-                                                           recipe, scale, global_batch)
-            counts += np.add(_flush_counts(dz, dzq), _flush_counts(dh, dhq, relu))
+                                                           recipe, scale * factor, divisor, cast)
+            now = np.add(_flush_counts(dz, dzq), _flush_counts(dh, dhq, relu))
+            counts += now
+            flush_log[step] = now[1] / np.maximum(now[0], 1)
+            error_log[step] = _cast_error([(dz, dzq), (dh, dhq)])
             if step in (0, steps // 2, steps - 1):  # the first model's activation gradients, unscaled
                 unscaled = np.concatenate([dz[0].ravel(), dh[0][relu[0]]]) / scale[0]
                 samples.append(np.abs(unscaled.astype(np.float64)))
-            unscale = (np.float32(global_batch / batch) / scale).astype(np.float32)
+            unscale = (np.float32(divisor / batch) / scale).astype(np.float32)
             grads = [g * unscale.reshape(shp) for g, shp in zip(grads, shapes, strict=True)]
             finite = np.all([np.isfinite(g).reshape(n, -1).all(axis=1) for g in grads], axis=0)
             grads = _where(finite, grads, [np.float32(0)] * 4, shapes)
             saved = _optimizer_state(opt)
+            opt.lr = (base_lr * lr_factor(step, steps, schedule, warmup)).astype(np.float32)
             new = opt.step(params, grads)
             _restore_where(opt, saved, ~finite, shapes)
             if recipe.weights != "fp32":
@@ -728,6 +978,7 @@ def train(recipe: Recipe, task: Task, lrs, seeds: Sequence[int], *, steps: int =
                 comps = _where(finite, [st[1] for st in stored], comps, shapes)
             params = _where(finite, new, params, shapes)
             skipped += ~finite
+            skip_log[step] = ~finite
             if dynamic:  # as PyTorch's GradScaler: halve on overflow, double after a run of good steps
                 good = np.where(finite, good + 1, 0)
                 scale = np.where(finite, scale, scale / 2)
@@ -735,12 +986,15 @@ def train(recipe: Recipe, task: Task, lrs, seeds: Sequence[int], *, steps: int =
                 scale, good = np.where(grow, scale * 2, scale), np.where(grow, 0, good)
         losses.append(cross_entropy(logits(params, x_eval), y_eval))
         accuracy_ = accuracy(params, task.x_test, task.y_test)
+        test_loss = cross_entropy(logits(params, task.x_test), task.y_test)
     grid = (n_lr, n_seed)
     return Run(
         lrs=lrs.astype(np.float64), seeds=seeds, eval_steps=np.append(eval_steps[eval_steps < steps], steps),
         loss=np.asarray(losses).reshape(-1, *grid), test_accuracy=accuracy_.reshape(grid),
+        test_loss=test_loss.reshape(grid),
         flushed=(counts[1] / np.maximum(counts[0], 1)).reshape(grid), skipped=skipped.reshape(grid),
         params=params, grad_sample=np.concatenate(samples), loss_scale=scale_log,
+        flush_trace=flush_log, error_trace=error_log, skip_trace=skip_log,
     )
 
 
@@ -787,17 +1041,27 @@ def fates(values, fmt: str, scale: float = 1.0) -> dict[str, float]:
             "normal": float((~zero & ~sub & ~over).mean()), "overflow": float(over.mean())}
 
 
+INPUTS = ("uniform", "gaussian")
+
+
+def _fp8_vectors(shape, inputs: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    _checks.choice("inputs", inputs, INPUTS)
+    draw = rng.random if inputs == "uniform" else rng.standard_normal
+    return (quantize(draw(shape), "fp8_e4m3").astype(np.float64),
+            quantize(draw(shape), "fp8_e4m3").astype(np.float64))
+
+
 def accumulation_errors(k_max: int, bits: Sequence[int], promote: Sequence[int | None], *, trials: int = 32,
-                        seed: int = 0, mode: str = "nearest") -> np.ndarray:
-    """Relative error of every prefix (K = 1 … k_max) of ``trials`` dot products of FP8 E4M3
-    vectors with entries uniform in (0, 1) (all products positive: the worst case for growth),
-    accumulated with each width in ``bits`` and each promotion interval in ``promote``
-    (None: never), against the exact sum. Shape (len(bits), len(promote), trials, k_max)."""
+                        seed: int = 0, mode: str = "nearest", inputs: str = "uniform") -> np.ndarray:
+    """Relative error |ŝ − s| / |s| of every prefix (K = 1 … k_max) of ``trials`` dot products of
+    FP8 E4M3 vectors, entries uniform in (0, 1) (all products positive: the sum grows steadily and
+    the error of rounding to nearest is close to its bound) or standard normal (``inputs="gaussian"``:
+    sums that cancel, so truncation errs by more relative to the result), accumulated one product at
+    a time (:func:`dot_accumulate`) with each width in ``bits`` and each promotion interval in
+    ``promote`` (None: never), against the exact sum. Shape (len(bits), len(promote), trials, k_max)."""
     k_max, trials = _checks.count("k_max", k_max), _checks.count("trials", trials)
     seed = _checks.count("seed", seed, minimum=0)
-    rng = np.random.default_rng([seed, 4])
-    a = quantize(rng.random((trials, k_max)), "fp8_e4m3").astype(np.float64)
-    b = quantize(rng.random((trials, k_max)), "fp8_e4m3").astype(np.float64)
+    a, b = _fp8_vectors((trials, k_max), inputs, np.random.default_rng([seed, 4]))
     nb, npr = len(bits), len(promote)
     bits_grid = np.broadcast_to(np.asarray(bits, dtype=np.int64)[:, None, None], (nb, npr, trials))
     every = np.asarray([0 if p is None else p for p in promote], dtype=np.int64)
@@ -805,4 +1069,20 @@ def accumulation_errors(k_max: int, bits: Sequence[int], promote: Sequence[int |
     got = dot_accumulate(np.broadcast_to(a, (nb, npr, trials, k_max)), b, bits_grid, every_grid, mode,
                          prefixes=True)
     exact = np.cumsum(a * b, axis=-1)  # float64: exact to ~1e-16, far below every error measured here
-    return np.abs(got - exact) / exact
+    return np.abs(got - exact) / np.abs(exact)
+
+
+def block_accumulation_errors(k_max: int, bits: int, block: int = 16, promote: int | None = None, *,
+                              trials: int = 32, seed: int = 0, inputs: str = "uniform") -> np.ndarray:
+    """As :func:`accumulation_errors`, for the block accumulator of :func:`block_dot` (alignment
+    truncation to ``bits`` fraction bits, ``block`` products a step, promotion every ``promote``):
+    the relative error after each block, K = block, 2·block, … Shape (trials, k_max // block)."""
+    k_max, trials = _checks.count("k_max", k_max), _checks.count("trials", trials)
+    block = _checks.count("block", block)
+    if k_max % block:
+        raise ValueError(f"k_max must be a multiple of block = {block}, got {k_max}")
+    seed = _checks.count("seed", seed, minimum=0)
+    a, b = _fp8_vectors((trials, k_max), inputs, np.random.default_rng([seed, 4]))
+    got = block_dot(a, b, bits, block, promote, prefixes=True)
+    exact = np.cumsum(a * b, axis=-1)[:, block - 1::block]
+    return np.abs(got - exact) / np.abs(exact)

@@ -189,23 +189,27 @@ def test_unknown_experiments_and_points_are_refused():
 
 def test_learning_rates_follow_the_declared_grid():
     shared = experiments.shared(lowprec_training.CONFIG)
-    assert lowprec_training.learning_rates([{"grid": 0, "divide": 1}, {"grid": 6, "divide": 10}, 2e-3],
-                                           shared) == pytest.approx([1e-4, 1e-2, 2e-3], rel=1e-15)
-    # seven values from 1e-4 to 1e-1 are a factor 10^(1/2) apart: the sixth is 10^-1.5
+    assert lowprec_training.learning_rates([{"grid": 0, "divide": 1}, {"grid": 12, "divide": 10}, 2e-3],
+                                           shared) == pytest.approx([1e-4, 1e-2, 2e-3], rel=1e-14)
+    # thirteen values from 1e-4 to 1e-1 are a factor 10^(1/4) apart: the sixth is 10^-2.75
     assert lowprec_training.learning_rates([{"grid": 5, "divide": 1}], shared) == pytest.approx(
-        [10**-1.5], rel=1e-15)
+        [10**-2.75], rel=1e-14)
 
 
 def test_runs_read_back_what_the_table_holds():
-    """The loss curve of one run read back through ``runs`` against the rows selected by hand."""
+    """A loss curve, a held-out loss and a per-step trace read back through ``runs`` against the rows
+    selected by hand."""
     frame = data.result("lowprec_training")
     sweep = lowprec_training.runs(frame, "sweep")
-    rows = frame[(frame["group"] == "sweep") & (frame["label"] == "fp32") & (frame["metric"] == "loss")
-                 & (frame["seed"] == 2) & (frame["step"] == 120)]
-    assert sweep["fp32"].loss[-1, :, 2].tolist() == rows["value"].tolist()
-    assert sweep["fp32"].loss.shape == (13, 7, 3)
-    trained_in = lowprec_training.runs(frame, "trained_in")["int8"]
-    assert trained_in.lrs[0] == pytest.approx(10 * trained_in.lrs[1], rel=1e-6)  # the order the point gave
+    rows = frame[(frame["group"] == "sweep") & (frame["label"] == "fp32") & (frame["seed"] == 2)
+                 & (frame["step"] == 400)]
+    assert sweep["fp32"].loss[-1, :, 2].tolist() == rows.loc[rows["metric"] == "loss", "value"].tolist()
+    assert sweep["fp32"].test_loss[:, 2].tolist() == rows.loc[rows["metric"] == "test_loss", "value"].tolist()
+    assert sweep["fp32"].loss.shape == (41, 13, 5)
+    scaler = lowprec_training.runs(frame, "loss_scale")["fp16, dynamic S"]
+    trace = frame[(frame["group"] == "loss_scale") & (frame["metric"] == "loss_scale") & (frame["seed"] == 1)]
+    assert scaler.loss_scale[:, 1].tolist() == trace["value"].tolist() and scaler.loss_scale.shape == (120, 3)
+    assert scaler.skip_trace.sum() == scaler.skipped.sum()
     with pytest.raises(ValueError, match="group must be one of"):
         lowprec_training.runs(frame, "nope")
 

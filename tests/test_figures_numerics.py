@@ -11,6 +11,11 @@ from chipbook.figures import numerics as figures
 
 
 @pytest.fixture(scope="module")
+def task_small():
+    return nm.make_task(0, n_train=256, n_test=256)
+
+
+@pytest.fixture(scope="module")
 def runs():
     task = nm.make_task(0, n_train=256, n_test=256)
     bf16 = nm.Recipe(compute="bf16", grad="bf16", weights="bf16")
@@ -33,6 +38,16 @@ def test_format_histogram_counts_every_gradient_by_its_fate():
     labels = [t.get_text() for t in hist.get_legend().get_texts()]
     assert labels[0] == f"flushed to zero: {flushed / len(grads):.0%}"
     assert fig.axes[0].get_title().endswith(f"{flushed / len(grads):.0%} of gradients flush")
+
+
+def test_format_grad_factor_moves_the_gradients_before_the_cast():
+    grads = np.array([1e-3, 1e-6])
+    # times 2^-12: 2.4e-7 is a subnormal of fp16, 2.4e-10 flushes (below half of 2^-24)
+    fig = figures.plot_format("fp16", grads, grad_factor=2.0**-12)
+    counts = [round(patch.get_data().values.sum()) for patch in fig.axes[1].patches]
+    assert counts == [1, 1, 0, 0]
+    with pytest.raises(ValueError, match="grad_factor must be a finite number > 0"):
+        figures.plot_format("fp16", grads, grad_factor=0.0)
 
 
 def test_format_error_curve_is_the_largest_rounding_error_found_by_casting():
@@ -68,7 +83,7 @@ def test_sweep_marks_each_recipes_best_learning_rate(runs):
     fig = figures.plot_lr_sweep(runs, stable=1.0)
     stars = [line for line in fig.axes[0].get_lines() if line.get_marker() == "*"]
     for star, run in zip(stars, runs.values(), strict=True):
-        mean = run.loss[-1].mean(axis=1)
+        mean = run.test_loss.mean(axis=1)
         assert star.get_ydata()[0] == pytest.approx(mean.min())
         assert star.get_xdata()[0] == pytest.approx(run.lrs[np.argmin(mean)], rel=0.05)
 
@@ -79,13 +94,45 @@ def test_curves_are_the_seed_means(runs):
         np.testing.assert_allclose(line.get_ydata(), run.loss[:, 1, :].mean(axis=1))
 
 
-def test_inference_and_drift_bars_are_the_means():
-    served = {"a": np.array([0.7, 0.8]), "b": np.array([0.5, 0.6])}
-    trained = {"a": np.array([0.2, 0.4]), "b": np.array([0.1, 0.3])}
-    fig = figures.plot_inference(np.array([0.75, 0.8]), served, trained, np.array([0.6, 0.7]))
+def test_inference_bars_are_the_means():
+    columns = {"served": {"a": np.array([0.7, 0.8]), "b": np.array([0.5, 0.6])},
+               "trained": {"a": np.array([0.2, 0.4]), "b": np.array([0.1, 0.3])}}
+    fig = figures.plot_inference(np.array([0.75, 0.8]), columns)
     heights = [bar.get_height() for bars in fig.axes[0].containers for bar in bars]
     np.testing.assert_allclose(heights, [0.75, 0.55, 0.3, 0.2])
-    assert [line.get_ydata()[0] for line in fig.axes[0].get_lines()[:2]] == pytest.approx([0.775, 0.65])
+    assert fig.axes[0].get_lines()[0].get_ydata()[0] == pytest.approx(0.775)
+
+
+def test_loss_scale_marks_each_halving(task_small):
+    run = nm.train(nm.Recipe(compute="fp16", grad="fp16", loss_scale="dynamic"), task_small, [3e-3], [0],
+                   steps=40, growth_interval=5)
+    fig = figures.plot_loss_scale(run)
+    marks = next(line for line in fig.axes[0].get_lines() if line.get_marker() == "v")
+    scale = run.loss_scale[:, 0]
+    # a skipped step is one after which the scale halves; count them from the scales themselves
+    halvings = [s for s in range(len(scale) - 1) if scale[s + 1] == scale[s] / 2]
+    assert list(marks.get_xdata())[:len(halvings)] == halvings
+    assert len(marks.get_xdata()) == run.skipped[0, 0] > 0 and len(halvings) >= run.skipped[0, 0] - 1
+
+
+def test_spike_lines_are_the_traces(task_small):
+    fp8 = dict(compute="fp8_e4m3", grad="fp8_e5m2")
+    runs = {s: nm.train(nm.Recipe(**fp8, scaling=s), task_small, [3e-3], [0, 1], steps=8, spike=(4, 100.0))
+            for s in ("tensor", "delayed")}
+    fig = figures.plot_scaling_spike(runs, 4)
+    left, right = fig.axes
+    for line, run in zip(left.get_lines()[:2], runs.values(), strict=True):
+        np.testing.assert_allclose(line.get_ydata(), run.error_trace.mean(axis=1))
+    for line, run in zip(right.get_lines()[:2], runs.values(), strict=True):
+        np.testing.assert_allclose(line.get_ydata(), run.flush_trace.mean(axis=1))
+
+
+def test_sweep_highlight_fades_the_others(runs):
+    fig = figures.plot_lr_sweep(runs, stable=1.0, highlight="bf16")
+    stars = [line for line in fig.axes[0].get_lines() if line.get_marker() == "*"]
+    assert [s.get_alpha() for s in stars] == [1.0, 1.0]
+    with pytest.raises(ValueError, match="highlight must be None or one of"):
+        figures.plot_lr_sweep(runs, stable=1.0, highlight="fp8")
 
 
 def test_state_drift_bars_are_the_mean_drift(runs):

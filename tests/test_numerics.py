@@ -254,9 +254,48 @@ def test_scaled_quantize_rejects_bad_arguments(kwargs, message):
         nm.quantize_scaled(np.ones((2, 32)), **kwargs)
 
 
-def test_mx_needs_whole_blocks():
-    with pytest.raises(ValueError, match="multiple of block = 32"):
-        nm.quantize_scaled(np.ones(40), "fp8_e4m3", "mx")
+def test_mx_partial_block_is_the_zero_padded_one_and_axis_picks_the_reduction_axis():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 40)).astype(np.float32)
+    padded = np.concatenate([x, np.zeros((3, 24), np.float32)], axis=1)
+    np.testing.assert_array_equal(nm.quantize_scaled(x, "fp4_e2m1", "mx"),
+                                  nm.quantize_scaled(padded, "fp4_e2m1", "mx")[:, :40])
+    np.testing.assert_array_equal(nm.quantize_scaled(x.T, "fp4_e2m1", "mx", axis=0),
+                                  nm.quantize_scaled(x, "fp4_e2m1", "mx").T)
+    with pytest.raises(ValueError, match="axis must index an axis of x"):
+        nm.quantize_scaled(x, "fp4_e2m1", "mx", axis=2)
+
+
+@pytest.mark.parametrize("name", ["fp8_e4m3", "fp8_e5m2", "fp4_e2m1"])
+def test_round_up_scale_is_the_smallest_power_of_two_that_avoids_clamping(name):
+    top = nm.get_format(name).max
+    rng = np.random.default_rng(6)
+    amax = np.concatenate([np.exp(rng.uniform(-20, 20, 200)), top * 2.0 ** np.arange(-5, 5)])
+    got = nm.mx_scale_exponent(amax, name, "ceil")
+    for a, e in zip(amax, got, strict=True):  # brute force over exponents, in Python floats
+        want = min(k for k in range(-140, 140) if a / 2.0**k <= top)
+        assert e == want
+    floor = nm.mx_scale_exponent(amax, name, "floor")
+    assert np.all((floor == got) | (floor == got - 1))
+
+
+def test_block_max_error_counts_clamped_blocks_by_brute_force():
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((200, 32)).astype(np.float32)
+    got = nm.mx_block_max_error(x, "fp4_e2m1", "floor")
+    clamped, errors, errors_clamped = 0, [], []
+    for row in x.astype(float):
+        amax = max(abs(v) for v in row)
+        scale = 2.0 ** (math.floor(math.log2(amax)) - 2)  # OCP: emax_elem of E2M1 is 2
+        q = _nearest(min(amax / scale, 6.0), "fp4_e2m1") * scale
+        errors.append(abs(q - amax) / amax)
+        if amax / scale > 6.0:
+            clamped += 1
+            errors_clamped.append(errors[-1])
+    assert got["clamped"] == pytest.approx(clamped / len(x))
+    assert got["error"] == pytest.approx(np.mean(errors))
+    assert got["error_clamped"] == pytest.approx(np.mean(errors_clamped))
+    assert nm.mx_block_max_error(x, "fp4_e2m1", "ceil")["clamped"] == 0.0
 
 
 # --- rounding to p bits and limited-precision accumulation -----------------------------------------------
@@ -491,7 +530,7 @@ def task():
 
 
 def test_power_of_two_loss_scale_changes_nothing_in_fp32(task):
-    kw = dict(steps=20, global_batch=2**20)
+    kw = dict(steps=20, loss_divisor=2**20)
     plain = nm.train(nm.Recipe(), task, [1e-2], [0], **kw)
     scaled = nm.train(nm.Recipe(loss_scale=2.0**12), task, [1e-2], [0], **kw)
     np.testing.assert_array_equal(plain.loss, scaled.loss)
@@ -509,10 +548,19 @@ def test_stacked_learning_rates_equal_separate_runs(task):
     np.testing.assert_allclose(both.loss[:, 1, 1], alone.loss[:, 0, 0], rtol=1e-6)
 
 
+def test_the_loss_divisor_changes_nothing_in_fp32(task):
+    # dividing each rank's loss by 2^20 instead of its micro-batch of 64 rescales every gradient by a
+    # power of two, which the update undoes exactly: the same weights, bit for bit
+    a = nm.train(nm.Recipe(), task, [1e-2], [0], steps=10)
+    b = nm.train(nm.Recipe(), task, [1e-2], [0], steps=10, loss_divisor=2**20)
+    for p, q in zip(a.params, b.params, strict=True):
+        np.testing.assert_array_equal(p, q)
+
+
 def test_fp16_without_scaling_flushes_and_dynamic_scaling_does_not(task):
-    none = nm.train(nm.Recipe(compute="fp16", grad="fp16"), task, [3e-3], [0], steps=10)
-    dynamic = nm.train(nm.Recipe(compute="fp16", grad="fp16", loss_scale="dynamic"), task, [3e-3], [0],
-                       steps=10)
+    kw = dict(steps=10, loss_divisor=2**24)
+    none = nm.train(nm.Recipe(compute="fp16", grad="fp16"), task, [3e-3], [0], **kw)
+    dynamic = nm.train(nm.Recipe(compute="fp16", grad="fp16", loss_scale="dynamic"), task, [3e-3], [0], **kw)
     assert none.flushed[0, 0] > 0.5 and dynamic.flushed[0, 0] < 0.05
 
 
@@ -555,3 +603,121 @@ def test_task_is_seeded_and_balanced_enough():
     a, b = nm.make_task(3, n_train=500, n_test=100), nm.make_task(3, n_train=500, n_test=100)
     np.testing.assert_array_equal(a.x_train, b.x_train)
     assert a.classes == 4 and np.bincount(a.y_train).min() > 50
+
+
+# --- block accumulation, delayed scaling, schedules, serving ------------------------------------------
+
+
+def _block_dot_reference(a, b, bits: int, block: int) -> float:
+    """The block accumulator in exact rational arithmetic: align to the largest exponent among the
+    running sum and the block's products, truncate each to ``bits`` fraction bits below it, add,
+    truncate the sum to ``bits`` fraction bits."""
+    from fractions import Fraction
+
+    def trunc_to(v: Fraction, quantum: Fraction) -> Fraction:
+        return Fraction(math.trunc(v / quantum)) * quantum
+
+    def lead(v: Fraction) -> int:  # e with 2^e <= |v| < 2^(e+1)
+        e = 0
+        v = abs(v)
+        while v >= 2:
+            v, e = v / 2, e + 1
+        while v < 1:
+            v, e = v * 2, e - 1
+        return e
+
+    acc = Fraction(0)
+    prods = [Fraction(float(x)) * Fraction(float(y)) for x, y in zip(a, b, strict=True)]
+    for i in range(0, len(prods), block):
+        terms = [acc, *prods[i:i + block]]
+        big = max(abs(t) for t in terms)
+        if big == 0:
+            continue
+        quantum = Fraction(2) ** (lead(big) - bits)
+        total = sum(trunc_to(t, quantum) for t in terms)
+        acc = trunc_to(total, Fraction(2) ** (lead(total) - bits)) if total else Fraction(0)
+    return float(acc)
+
+
+@pytest.mark.parametrize(("bits", "block"), [(5, 4), (13, 16), (8, 1)])
+def test_block_dot_matches_exact_rational_arithmetic(bits, block):
+    rng = np.random.default_rng(8)
+    a = nm.quantize(rng.standard_normal((6, 48)), "fp8_e4m3")
+    b = nm.quantize(rng.standard_normal((6, 48)), "fp8_e4m3")
+    got = nm.block_dot(a, b, bits, block)
+    want = [_block_dot_reference(x, y, bits, block) for x, y in zip(a, b, strict=True)]
+    np.testing.assert_array_equal(got, np.float32(want))
+
+
+def test_block_dot_is_exact_for_small_integers_and_promotion_restarts_the_sum():
+    a = np.arange(1, 65, dtype=float)
+    assert nm.block_dot(a, np.ones(64), 20, 16) == a.sum()
+    # 2 fraction bits: 1 + 1 + … truncates once the sum passes 8; promotion every 16 keeps each part small
+    ones = np.ones(64)
+    assert nm.block_dot(ones, ones, 2, 1) < 64
+    assert nm.block_dot(ones, ones, 2, 1, promote_every=4) == 64
+    with pytest.raises(ValueError, match="promote_every must be None or a multiple of block = 16"):
+        nm.block_dot(ones, ones, 10, 16, promote_every=24)
+
+
+def test_block_accumulation_errors_agree_with_block_dot():
+    errors = nm.block_accumulation_errors(64, 13, 16, trials=3, inputs="gaussian")
+    assert errors.shape == (3, 4)
+    rng = np.random.default_rng([0, 4])  # the generator accumulation errors draw from
+    a = nm.quantize(rng.standard_normal((3, 64)), "fp8_e4m3").astype(float)
+    b = nm.quantize(rng.standard_normal((3, 64)), "fp8_e4m3").astype(float)
+    exact = (a * b).sum(axis=1)
+    np.testing.assert_allclose(errors[:, -1], np.abs(nm.block_dot(a, b, 13, 16) - exact) / np.abs(exact))
+
+
+def test_delayed_scaling_uses_the_previous_steps_amax():
+    recipe = nm.Recipe(compute="fp8_e4m3", scaling="delayed", amax_history=2)
+    cast = nm._Caster(recipe, 1)
+    first = np.array([[1000.0, 0.3]], np.float32)
+    second = np.array([[10.0, 0.3]], np.float32)
+    third = np.array([[10.0, 0.3]], np.float32)
+    # step 1: no history, scale 1: 1000 saturates to E4M3's 448
+    np.testing.assert_array_equal(cast(first, "fp8_e4m3", "x", -1),
+                                  nm.quantize(first, "fp8_e4m3", saturate=True))
+    for t in (second, third):  # steps 2 and 3: the scale comes from the amax 1000 of step 1
+        cast.new_step()
+        scale = np.float32(448.0 / 1000.0)
+        np.testing.assert_array_equal(cast(t, "fp8_e4m3", "x", -1),
+                                      nm.quantize(t * scale, "fp8_e4m3", saturate=True) / scale)
+    cast.new_step()  # step 4: the history of two steps has forgotten the 1000
+    scale = np.float32(448.0 / 10.0)
+    np.testing.assert_array_equal(cast(third, "fp8_e4m3", "x", -1),
+                                  nm.quantize(third * scale, "fp8_e4m3", saturate=True) / scale)
+
+
+def test_learning_rate_schedule_by_hand():
+    assert nm.lr_factor(0, 100) == 1.0
+    assert nm.lr_factor(50, 100, "cosine") == pytest.approx(0.5)
+    assert nm.lr_factor(0, 100, "cosine") == 1.0
+    assert nm.lr_factor(4, 100, "constant", warmup=10) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="schedule must be one of 'constant', 'cosine'"):
+        nm.lr_factor(0, 10, "step")
+
+
+def test_serving_an_fp32_recipe_is_plain_accuracy(task):
+    run = nm.train(nm.Recipe(), task, [1e-2], [0, 1], steps=10)
+    np.testing.assert_array_equal(nm.served_accuracy(run.params, task.x_test, task.y_test, nm.Recipe()),
+                                  nm.accuracy(run.params, task.x_test, task.y_test))
+
+
+def test_a_spike_shows_in_delayed_but_not_current_scaling_error(task):
+    kw = dict(steps=12, spike=(6, 2.0**8))
+    fp8 = dict(compute="fp8_e4m3", grad="fp8_e5m2")
+    current = nm.train(nm.Recipe(**fp8, scaling="tensor"), task, [3e-3], [0], **kw)
+    delayed = nm.train(nm.Recipe(**fp8, scaling="delayed"), task, [3e-3], [0], **kw)
+    # E5M2 keeps about 2 fraction bits: a current-scaled cast errs by at most about 2^-3 per value
+    assert current.error_trace[6, 0] < 0.15
+    assert delayed.error_trace[6, 0] > 0.5  # the spike saturates against last step's scale
+
+
+def test_wgrad_defaults_follow_the_gradient_format():
+    assert nm.Recipe(grad="fp16").wgrad_format == "fp16"
+    assert nm.Recipe(grad="fp8_e5m2").wgrad_format == "bf16"
+    assert nm.Recipe(grad="fp8_e5m2", wgrad="fp32").wgrad_format == "fp32"
+    with pytest.raises(ValueError, match="compute 'int8' needs scaling"):
+        nm.Recipe(compute="int8")

@@ -1,16 +1,18 @@
-"""The training runs of the chapter "Low-precision training": the reference run, gradient underflow
-and loss scaling, update swamping, the learning-rate sweep, the optimizer-state formats, and training
-with weights kept in an inference format.
+"""The training runs of the chapter "Low-precision training": gradient underflow against the number of
+terms each rank's loss averages, dynamic loss scaling with its back-off, update swamping, the
+learning-rate sweep, the optimizer-state formats, current against delayed scaling under a gradient
+spike, MX block scaling on a network whose reductions span several blocks, a narrow accumulator in
+training, and serving against training in the same formats.
 
 Each grid point is one call of :func:`chipbook.numerics.train` (one recipe at its learning rates and
-every seed, vectorised as the chapter first ran it, so the numbers are the same), on the task of
-:func:`chipbook.numerics.make_task` with the shared settings below. Its rows hold, per learning rate
-and seed, the training loss at every evaluation step and, at the end, the test accuracy, the share of
-activation gradients flushed to zero, the steps skipped for an overflow and the last loss scale.
-A point may ask for more: ``"drift_from"`` (a recipe) adds the distance of the final weights from
-that recipe's run, relative to how far that run moved [the chapter's section 5]; ``"serve"`` adds
-the test accuracy of the trained network served with its weights quantized to each format
-[the chapter's section 6].
+seeds, vectorised), on the task of :func:`chipbook.numerics.make_task`, with the shared settings below
+overridden by the point's ``"train"`` settings. Its rows hold, per learning rate and seed, the training
+loss at every evaluation step and, at the end, the test accuracy, the share of activation gradients
+flushed to zero and the steps skipped for an overflow. A point may ask for more: ``"traces"`` adds, at
+every step, the loss scale, whether the step was skipped, the share of activation gradients flushed
+and the relative error of their casts; ``"drift_from"`` (a recipe) adds the distance of the final
+weights from that recipe's run, relative to how far that run moved; ``"serve"`` adds the test accuracy
+of the trained network served with its forward pass cast as each named recipe casts it.
 """
 
 from __future__ import annotations
@@ -22,36 +24,51 @@ from chipbook import _checks
 from chipbook import numerics as nm
 
 _BF16 = {"compute": "bf16", "grad": "bf16"}
-_SWEEP = {"fp32": {}, "bf16 + fp32 master": _BF16,
-          "fp16 + dynamic loss scaling": {"compute": "fp16", "grad": "fp16", "loss_scale": "dynamic"},
-          "fp8, per-tensor scaling": {"compute": "fp8_e4m3", "grad": "fp8_e5m2", "scaling": "tensor"},
-          "bf16, no master copy": {**_BF16, "weights": "bf16"}}
-_UNDERFLOW = {"fp32": {}, "fp16, no scaling": {"compute": "fp16", "grad": "fp16"},
-              "fp16, static S = 2¹⁶": {"compute": "fp16", "grad": "fp16", "loss_scale": 2.0**16},
-              "fp16, dynamic S": {"compute": "fp16", "grad": "fp16", "loss_scale": "dynamic"},
-              "fp8 (E5M2 gradients), no scaling": {"compute": "fp8_e4m3", "grad": "fp8_e5m2"}}
+_FP16 = {"compute": "fp16", "grad": "fp16"}
+_FP8 = {"compute": "fp8_e4m3", "grad": "fp8_e5m2"}  # Transformer Engine's HYBRID formats
+_FP4 = {"compute": "fp4_e2m1", "grad": "fp8_e5m2"}
+#: terms each rank's loss averages over: this network's micro-batch, and language-model ranks
+DIVISORS = [64, 2**12, 2**15, 2**18, 2**21]
+_UNDERFLOW = {"fp16, no scaling": _FP16, "fp8 (E5M2 gradients), no scaling": _FP8}
 _SWAMP = {"bf16, fp32 master weights": _BF16,
           "bf16 weights, round to nearest": {**_BF16, "weights": "bf16"},
           "bf16 weights, stochastic rounding": {**_BF16, "weights": "bf16", "rounding": "stochastic"},
           "bf16 weights, Kahan summation": {**_BF16, "weights": "bf16", "rounding": "kahan"}}
+_SWEEP = {"fp32": {}, "bf16 + fp32 master": _BF16,
+          "fp16 + dynamic loss scaling": {**_FP16, "loss_scale": "dynamic"},
+          "fp8, delayed scaling": {**_FP8, "scaling": "delayed"},
+          "fp8, current scaling": {**_FP8, "scaling": "tensor"},
+          "MXFP8": {**_FP8, "scaling": "mx"},
+          "bf16, no master copy": {**_BF16, "weights": "bf16"}}
 _NADAM = {"optimizer": "nadam"}
 _STATES = {"fp32": _NADAM, "bf16": {**_NADAM, "state": "bf16"},
            "bf16, bf16 arithmetic": {**_NADAM, "state": "bf16", "state_compute": "bf16"},
            "fp8 E5M2, scaled": {**_NADAM, "state": "fp8_e5m2"},
            "fp8 E4M3, scaled": {**_NADAM, "state": "fp8_e4m3"}}
-_TRAINED_IN = {
-    "int8": {"weights": "int8", "weight_scaling": "channel"},
-    "fp8 E4M3": {"compute": "fp8_e4m3", "grad": "fp8_e5m2", "scaling": "tensor", "weights": "fp8_e4m3",
-                 "weight_scaling": "tensor"},
-    "fp4 E2M1 (MX)": {"compute": "fp4_e2m1", "grad": "fp8_e5m2", "scaling": "tensor", "weights": "fp4_e2m1",
-                      "weight_scaling": "tensor"}}
-#: serving formats: weights quantized to ``format`` through ``scaling`` (biases stay fp32)
-SERVING = {"int8": ["int8", "channel"], "fp8 E4M3": ["fp8_e4m3", "tensor"],
-           "fp4 E2M1 (MX)": ["fp4_e2m1", "mx"]}
+_SPIKE = {"fp32": {}, "fp8, current scaling": {**_FP8, "scaling": "tensor"},
+          "fp8, delayed scaling": {**_FP8, "scaling": "delayed"}}
+_MX = {"fp32": {}, "fp8, current scaling": {**_FP8, "scaling": "tensor"}, "MXFP8": {**_FP8, "scaling": "mx"},
+       "fp4, per-tensor scaling": {**_FP4, "scaling": "tensor"},
+       "MXFP4, floor scale (OCP)": {**_FP4, "scaling": "mx"},
+       "MXFP4, round-up scale": {**_FP4, "scaling": "mx", "mx_rule": "ceil"}}
+_ACCUMULATOR = {"fp8, exact accumulation": {**_FP8, "scaling": "tensor"},
+                "fp8, 13-bit truncating block accumulator": {**_FP8, "scaling": "tensor", "acc_bits": 13}}
+#: the formats of serving and of training in them: the forward pass's casts (weights and activations)
+FORMATS = {"int8": {"compute": "int8", "grad": "bf16", "scaling": "tensor"},
+           "fp8 E4M3": {"compute": "fp8_e4m3", "grad": "fp8_e5m2", "scaling": "tensor"},
+           "MXFP4": {"compute": "fp4_e2m1", "grad": "fp8_e5m2", "scaling": "mx"}}
+_KEPT = {"int8": {"weights": "int8", "weight_scaling": "tensor"},
+         "fp8 E4M3": {"weights": "fp8_e4m3", "weight_scaling": "tensor"},
+         "MXFP4": {"weights": "fp4_e2m1", "weight_scaling": "tensor"}}
 #: the learning-rate grid: LR_GRID values geometrically spaced, as np.geomspace(start, stop, num)
-LR_GRID = {"start": 1e-4, "stop": 1e-1, "num": 7}
-#: grid index of fp32's best learning rate in the sweep (the notebook checks it still is)
-BEST = 5
+LR_GRID = {"start": 1e-4, "stop": 1e-1, "num": 13}
+#: grid index of fp32's best learning rate in the sweep, by held-out loss (the notebook checks it still is)
+BEST = 7
+#: the sweep: a warm-up and a cosine decay to zero, five seeds
+SWEEP_TRAIN = {"steps": 400, "schedule": "cosine", "warmup": 20, "seeds": [0, 1, 2, 3, 4]}
+#: the wider network whose matrix products reduce over several MX blocks of 32
+WIDE = {"d_in": 128, "hidden": 64}
+SPIKE = [60, 100.0]
 
 
 def _points(group: str, recipes: dict, lrs: list, **extra) -> list[dict]:
@@ -63,25 +80,43 @@ def _grid(index: int, divide: int = 1) -> dict:
     return {"grid": index, "divide": divide}
 
 
+_BEST = [_grid(BEST)]
+_SCHEDULE = {"steps": 400, "schedule": "cosine", "warmup": 20}
+
+_GRID = [
+    *[{**p, "train": {"loss_divisor": d}, "label": f"{p['label']}, D = {d}"}
+      for d in DIVISORS for p in _points("underflow", _UNDERFLOW, [3e-3])],
+    {"group": "underflow", "label": "fp16, dynamic S, D = 2097152",
+     "recipe": {**_FP16, "loss_scale": "dynamic"}, "lrs": [3e-3], "train": {"loss_divisor": 2**21}},
+    {"group": "loss_scale", "label": "fp16, dynamic S", "recipe": {**_FP16, "loss_scale": "dynamic"},
+     "lrs": [3e-3], "train": {"growth_interval": 10}, "traces": True},
+    *_points("swamp", _SWAMP, [3e-4]),
+    *_points("sweep", _SWEEP, [_grid(i) for i in range(LR_GRID["num"])], train=SWEEP_TRAIN),
+    *[{**p, "drift_from": _NADAM} if p["label"] != "fp32" else p
+      for p in _points("states", _STATES, [2e-3])],
+    {"group": "states", "label": "fp8 E4M3, scaled, ε = 1e-6", "recipe": {**_NADAM, "state": "fp8_e4m3"},
+     "lrs": [2e-3], "train": {"optimizer_kwargs": {"eps": 1e-6}}, "drift_from": _NADAM},
+    *_points("spike", _SPIKE, [3e-3], train={"spike": SPIKE}, traces=True),
+    *_points("mx", _MX, [3e-3], train=WIDE),
+    *_points("accumulator", _ACCUMULATOR, [3e-3], train=WIDE),
+    {"group": "serve", "label": "fp32", "recipe": {}, "lrs": _BEST, "train": _SCHEDULE, "serve": FORMATS},
+    *[{"group": "master", "label": name, "recipe": fmt, "lrs": _BEST, "train": _SCHEDULE}
+      for name, fmt in FORMATS.items()],
+    *[{"group": "kept", "label": name, "recipe": {**fmt, **_KEPT[name]}, "lrs": _BEST, "train": _SCHEDULE}
+      for name, fmt in FORMATS.items()],
+]
+
 CONFIG = {
     "task_seed": 0,
     "seeds": [0, 1, 2],
     "steps": 120,
     "batch": 64,
     "hidden": 32,
-    "global_batch": 2**24,
+    "d_in": 32,
     "eval_every": 10,
     "eval_examples": 512,
     "lr_grid": LR_GRID,
-    "grid": [
-        *_points("underflow", _UNDERFLOW, [3e-3]),
-        *_points("swamp", _SWAMP, [_grid(1)]),
-        *[{**p, "serve": SERVING} if p["label"] == "fp32" else p
-          for p in _points("sweep", _SWEEP, [_grid(i) for i in range(LR_GRID["num"])])],
-        *[{**p, "drift_from": _NADAM} if p["label"] != "fp32" else p
-          for p in _points("states", _STATES, [2e-3])],
-        *_points("trained_in", _TRAINED_IN, [_grid(BEST), _grid(BEST, 10)]),
-    ],
+    "grid": _GRID,
 }
 
 COLUMNS = {"group": "text", "label": "text", "lr": "float", "seed": "int", "metric": "text", "step": "int",
@@ -101,14 +136,23 @@ def learning_rates(lrs: list, shared: dict) -> list[float]:
     return [float(grid[lr["grid"]] / lr["divide"]) if isinstance(lr, dict) else float(lr) for lr in lrs]
 
 
-def task(shared: dict) -> nm.Task:
-    """The chapter's task."""
-    return nm.make_task(seed=shared["task_seed"])
+def settings(point: dict, shared: dict) -> dict:
+    """The shared settings with the point's ``"train"`` overrides."""
+    return {**shared, **point.get("train", {})}
 
 
-def _train(recipe: dict, lrs: list[float], shared: dict) -> nm.Run:
-    keys = ("steps", "batch", "hidden", "global_batch", "eval_every", "eval_examples")
-    return nm.train(nm.Recipe(**recipe), task(shared), lrs, shared["seeds"], **{k: shared[k] for k in keys})
+def task(s: dict) -> nm.Task:
+    """The task of settings ``s`` (its seed and input width)."""
+    return nm.make_task(seed=s["task_seed"], d_in=s["d_in"])
+
+
+def _train(recipe: dict, lrs: list[float], s: dict) -> nm.Run:
+    keys = ("steps", "batch", "hidden", "loss_divisor", "eval_every", "eval_examples", "growth_interval",
+            "schedule", "warmup", "spike", "optimizer_kwargs")
+    kwargs = {k: s[k] for k in keys if k in s}
+    if "spike" in kwargs:
+        kwargs["spike"] = tuple(kwargs["spike"])
+    return nm.train(nm.Recipe(**recipe), task(s), lrs, s["seeds"], **kwargs)
 
 
 def _flat(params: list[np.ndarray], models: int) -> np.ndarray:
@@ -127,44 +171,42 @@ def weight_drift(run: nm.Run, reference: nm.Run, hidden: int, task_: nm.Task) ->
     return drift.reshape(n_lr, len(seeds))
 
 
-def quantize_weights(params: list[np.ndarray], fmt: str, scaling: str) -> list[np.ndarray]:
-    """Stacked weights (leading model axis) with both weight matrices quantized to ``fmt`` through
-    ``scaling`` (MX blocks run along the reduction, input, axis); biases stay fp32."""
-    w1, b1, w2, b2 = params
-    if scaling == "mx":
-        def q(w):
-            return np.swapaxes(nm.quantize_scaled(np.swapaxes(w, 1, 2), fmt, "mx"), 1, 2)
-    else:
-        def q(w):
-            return nm.quantize_scaled(w, fmt, scaling, batch_dims=1)
-    return [q(w1), b1, q(w2), b2]
-
-
 def _rows(group: str, label: str, run: nm.Run, metric: str, step: int, values: np.ndarray) -> list[dict]:
     return [{"group": group, "label": label, "lr": float(lr), "seed": int(seed), "metric": metric,
              "step": int(step), "value": float(values[i, j])}
             for i, lr in enumerate(run.lrs) for j, seed in enumerate(run.seeds)]
 
 
+#: per-step metrics of points with ``"traces"``: metric name → attribute of :class:`chipbook.numerics.Run`
+TRACES = {"loss_scale": "loss_scale", "skipped_step": "skip_trace", "flushed_step": "flush_trace",
+          "cast_error": "error_trace"}
+
+
 def run_one(point: dict, shared: dict) -> list[dict]:
     """The rows of one grid point (see the module's description)."""
+    s = settings(point, shared)
     lrs = learning_rates(point["lrs"], shared)
-    run = _train(point["recipe"], lrs, shared)
-    g, label, steps = point["group"], point["label"], shared["steps"]
+    run = _train(point["recipe"], lrs, s)
+    g, label, steps = point["group"], point["label"], s["steps"]
+    n_lr, n_seed = len(lrs), len(s["seeds"])
     rows = [r for k, step in enumerate(run.eval_steps)
             for r in _rows(g, label, run, "loss", step, run.loss[k])]
-    n_lr, n_seed = len(lrs), len(shared["seeds"])
-    final = {"test_accuracy": run.test_accuracy, "flushed": run.flushed, "skipped": run.skipped}
+    final = {"test_accuracy": run.test_accuracy, "test_loss": run.test_loss, "flushed": run.flushed,
+             "skipped": run.skipped}
     for metric, values in final.items():
         rows += _rows(g, label, run, metric, steps, values)
-    rows += _rows(g, label, run, "loss_scale", steps - 1, run.loss_scale[-1].reshape(n_lr, n_seed))
+    if point.get("traces"):
+        for metric, attribute in TRACES.items():
+            trace = getattr(run, attribute).astype(float)
+            for step in range(steps):
+                rows += _rows(g, label, run, metric, step, trace[step].reshape(n_lr, n_seed))
     if "drift_from" in point:
-        reference = _train(point["drift_from"], lrs, shared)
-        drift = weight_drift(run, reference, shared["hidden"], task(shared))
+        reference = _train(point["drift_from"], lrs, s)
+        drift = weight_drift(run, reference, s["hidden"], task(s))
         rows += _rows(g, label, run, "drift", steps, drift)
-    for name, (fmt, scaling) in point.get("serve", {}).items():
-        t = task(shared)
-        served = nm.accuracy(quantize_weights(run.params, fmt, scaling), t.x_test, t.y_test)
+    t = task(s)
+    for name, recipe in point.get("serve", {}).items():
+        served = nm.served_accuracy(run.params, t.x_test, t.y_test, nm.Recipe(**recipe))
         rows += _rows(g, label, run, f"served: {name}", steps, served.reshape(n_lr, n_seed))
     return rows
 
@@ -172,44 +214,46 @@ def run_one(point: dict, shared: dict) -> list[dict]:
 # --- reading the result back ------------------------------------------------------------------------
 
 
-def _values(rows: pd.DataFrame) -> dict[tuple, float]:
-    """The values of ``rows`` (one run's) by (metric, step, lr, seed)."""
-    keys = zip(*(rows[c].tolist() for c in ("metric", "step", "lr", "seed")), strict=True)
-    return dict(zip(keys, rows["value"].tolist(), strict=True))
-
-
-def _axes(rows: pd.DataFrame) -> tuple[np.ndarray, tuple[int, ...]]:
-    """A run's learning rates, in the order its point gave them, and its seeds."""
-    return pd.unique(rows["lr"]), tuple(int(s) for s in pd.unique(rows["seed"]))
-
-
-def _grid_of(values: dict, metric: str, step: int, lrs, seeds) -> np.ndarray:
-    """One metric at one step of one run, shape (lrs, seeds)."""
-    return np.array([[values[(metric, step, lr, s)] for s in seeds] for lr in lrs])
+def _array(rows: pd.DataFrame, lrs: np.ndarray, seeds: tuple[int, ...]) -> np.ndarray:
+    """The values of ``rows`` (one metric of one run) as (steps, lrs, seeds), steps in the order
+    they first appear; a cell with no row is NaN."""
+    steps = pd.unique(rows["step"])
+    out = np.full((len(steps), len(lrs), len(seeds)), np.nan)
+    index = (pd.Index(steps).get_indexer(rows["step"]), pd.Index(lrs).get_indexer(rows["lr"]),
+             pd.Index(seeds).get_indexer(rows["seed"]))
+    out[index] = rows["value"].to_numpy()
+    return out
 
 
 def runs(frame: pd.DataFrame, group: str) -> dict[str, nm.Run]:
     """The runs of ``group`` in the result table, by label, as :class:`chipbook.numerics.Run` objects
-    holding what the table keeps: loss curves, test accuracy, flushed share, skipped steps, and the
-    loss scale of the last step only (``loss_scale`` has one row); no weights (``params`` is empty).
-    Learning rates keep the order the point gave them in."""
+    holding what the table keeps: loss curves, test accuracy and loss, flushed share, skipped steps
+    and, for points with traces, the per-step loss scale, skips, flushes and cast errors as
+    (steps, lrs × seeds) (empty otherwise); no weights (``params`` is empty). Learning rates keep the
+    order the point gave them in."""
     rows = frame[frame["group"] == group]
     if rows.empty:
         raise ValueError(f"group must be one of {sorted(frame['group'].unique())}, got {group!r}")
     out = {}
     for label, r in rows.groupby("label", sort=False):
-        lrs, seeds = _axes(r)
-        values = _values(r)
-        steps = pd.unique(r.loc[r["metric"] == "loss", "step"])
-        end = int(r.loc[r["metric"] == "test_accuracy", "step"].iloc[0])
+        lrs, seeds = pd.unique(r["lr"]), tuple(int(s) for s in pd.unique(r["seed"]))
+        by_metric = dict(tuple(r.groupby("metric", sort=False)))
+        n = len(lrs) * len(seeds)
+
+        def final(m, by_metric=by_metric, lrs=lrs, seeds=seeds):
+            return _array(by_metric[m], lrs, seeds)[-1]
+
+        def trace(m, by_metric=by_metric, lrs=lrs, seeds=seeds, n=n):
+            return _array(by_metric[m], lrs, seeds).reshape(-1, n) if m in by_metric else np.empty((0, n))
+
+        loss = by_metric["loss"]
         out[label] = nm.Run(
-            lrs=np.asarray(lrs, dtype=np.float64), seeds=seeds, eval_steps=np.asarray(steps),
-            loss=np.stack([_grid_of(values, "loss", s, lrs, seeds) for s in steps]),
-            test_accuracy=_grid_of(values, "test_accuracy", end, lrs, seeds),
-            flushed=_grid_of(values, "flushed", end, lrs, seeds),
-            skipped=_grid_of(values, "skipped", end, lrs, seeds).astype(int), params=[],
-            grad_sample=np.empty(0),
-            loss_scale=_grid_of(values, "loss_scale", end - 1, lrs, seeds).reshape(1, -1))
+            lrs=np.asarray(lrs, dtype=np.float64), seeds=seeds,
+            eval_steps=np.asarray(pd.unique(loss["step"])), loss=_array(loss, lrs, seeds),
+            test_accuracy=final("test_accuracy"), test_loss=final("test_loss"), flushed=final("flushed"),
+            skipped=final("skipped").astype(int), params=[], grad_sample=np.empty(0),
+            loss_scale=trace("loss_scale"), skip_trace=trace("skipped_step").astype(bool),
+            flush_trace=trace("flushed_step"), error_trace=trace("cast_error"))
     return out
 
 
@@ -220,8 +264,5 @@ def metric(frame: pd.DataFrame, group: str, name: str) -> dict[str, np.ndarray]:
     if rows.empty:
         raise ValueError(f"no metric {name!r} in group {group!r}; metrics there: "
                          f"{sorted(frame.loc[frame['group'] == group, 'metric'].unique())}")
-    out = {}
-    for label, r in rows.groupby("label", sort=False):
-        lrs, seeds = _axes(r)
-        out[label] = _grid_of(_values(r), name, int(r["step"].iloc[0]), lrs, seeds)
-    return out
+    return {label: _array(r, pd.unique(r["lr"]), tuple(int(s) for s in pd.unique(r["seed"])))[-1]
+            for label, r in rows.groupby("label", sort=False)}

@@ -26,10 +26,13 @@ def _magnitude_axis(ax, lo: float, hi: float) -> None:
 
 
 @styled
-def plot_format(fmt_name: str, grads: np.ndarray | None = None, loss_scale: float = 1.0) -> Figure:
+def plot_format(fmt_name: str, grads: np.ndarray | None = None, loss_scale: float = 1.0,
+                grad_factor: float = 1.0) -> Figure:
     """Largest relative rounding error of ``fmt_name`` against magnitude (round to nearest), its smallest
     subnormal, smallest normal and largest value, and, when ``grads`` is given, the histogram of
-    those gradient magnitudes times ``loss_scale``, coloured by what the cast does to them."""
+    those gradient magnitudes times ``grad_factor`` (for example 64 / D, to move gradients measured
+    with a per-rank loss divisor of 64 to a divisor D) times ``loss_scale``, coloured by what the
+    cast does to them."""
     f = numerics.get_format(fmt_name)
     lo, hi = 1e-14, 1e6
     x = np.geomspace(lo, hi, 400)
@@ -50,11 +53,13 @@ def plot_format(fmt_name: str, grads: np.ndarray | None = None, loss_scale: floa
                     ha="right" if right else "left", color=PALETTE["blue"])
     ax.set(yscale="log", ylim=(1e-9, 2), ylabel="relative error of one cast",
            xlabel="magnitude" + (f" (gradients × {fmt.sci(loss_scale, 2)})" if loss_scale != 1 else ""))
+    if grad_factor <= 0 or not np.isfinite(grad_factor):
+        raise ValueError(f"grad_factor must be a finite number > 0, got {grad_factor!r}")
     _magnitude_axis(ax, lo, hi)
     title = f"{f.name}: {f.exponent_bits} exponent, {f.mantissa_bits} mantissa bits"
     if grads is not None:
         g = np.abs(np.asarray(grads, dtype=np.float64))
-        g = g[g > 0] * loss_scale
+        g = g[g > 0] * grad_factor * loss_scale
         shares = numerics.fates(g, fmt_name)
         hist = ax.twinx()
         bins = np.geomspace(lo, hi, 81)
@@ -137,26 +142,71 @@ def plot_accumulation(errors: np.ndarray, bits: Sequence[int], promote: Sequence
 
 
 @styled
-def plot_lr_sweep(runs: Mapping[str, numerics.Run], stable: float) -> Figure:
-    """Final training loss against learning rate per recipe (mean over seeds, bars span the seeds),
-    each recipe's best learning rate marked, and the loss ``stable`` below which a run counts as
-    converged (dotted)."""
+def plot_lr_sweep(runs: Mapping[str, numerics.Run], stable: float, highlight: str | None = None) -> Figure:
+    """Final held-out (test) loss against learning rate per recipe (mean over seeds, bars span the
+    seeds), each recipe's best learning rate marked, and the loss ``stable`` below which a run counts
+    as training well (dotted). With ``highlight``, that recipe and the first (the reference) are drawn
+    in full and the others faintly."""
+    if highlight is not None and highlight not in runs:
+        raise ValueError(f"highlight must be None or one of {list(runs)}, got {highlight!r}")
     fig, ax = plt.subplots(figsize=(6.8, 4.2))
+    first = next(iter(runs))
     for i, (label, run) in enumerate(runs.items()):
         colour = COLOURS[i % len(COLOURS)]
-        final = run.loss[-1]
+        alpha = 1.0 if highlight is None or label in (first, highlight) else 0.2
+        final = run.test_loss
         mean = final.mean(axis=1)
         shift = 1.0 + 0.03 * (i - (len(runs) - 1) / 2)  # spread the markers so the bars do not overlap
         ax.errorbar(run.lrs * shift, mean, yerr=[mean - final.min(axis=1), final.max(axis=1) - mean],
-                    color=colour, marker="o", ms=4, capsize=2, lw=1.6, label=label)
+                    color=colour, marker="o", ms=4, capsize=2, lw=1.6, label=label, alpha=alpha)
         best = int(np.nanargmin(mean))
-        ax.plot(run.lrs[best] * shift, mean[best], marker="*", ms=14, color=colour, ls="none")
+        ax.plot(run.lrs[best] * shift, mean[best], marker="*", ms=14, color=colour, ls="none", alpha=alpha)
     ax.axhline(stable, color=PALETTE["black"], ls=":", lw=1)
-    ax.set(xscale="log", xlabel="learning rate (Adam)", ylabel="final training loss",
+    ax.set(xscale="log", xlabel="peak learning rate (Adam)", ylabel="final held-out loss",
            title="Learning-rate sweep under each numeric recipe (★ best)")
     ax.minorticks_off()
     ax.xaxis.set_major_formatter(POW10)
     ax.legend(fontsize=8)
+    return fig
+
+
+@styled
+def plot_loss_scale(run: numerics.Run, model: int = 0) -> Figure:
+    """The dynamic loss scale of one model at every step (log axis), with the steps skipped for an
+    overflow marked (each halves the scale for the next step)."""
+    scale = run.loss_scale[:, model]
+    steps = np.arange(len(scale))
+    skipped = np.flatnonzero(run.skip_trace[:, model])
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    ax.step(steps, scale, where="post", color=PALETTE["blue"], label="loss scale S")
+    ax.plot(skipped, scale[skipped], ls="none", marker="v", color=PALETTE["vermillion"],
+            label=f"overflow: step skipped ({len(skipped)})")
+    ax.set(yscale="log", xlabel="training step", ylabel="loss scale S", title="Dynamic loss scaling")
+    ax.set_yticks(np.unique(scale))
+    ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"2^{np.log2(v):.0f}"))
+    ax.minorticks_off()
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+@styled
+def plot_scaling_spike(runs: Mapping[str, numerics.Run], spike_step: int) -> Figure:
+    """Per step, the relative error of the activation-gradient casts (left) and the share of them
+    flushed to zero (right) for each run (mean over its models), with the gradient spike marked."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(7.6, 3.6))
+    for i, (label, run) in enumerate(runs.items()):
+        colour = COLOURS[(i + 1) % len(COLOURS)]
+        steps = np.arange(len(run.error_trace))
+        left.plot(steps, run.error_trace.mean(axis=1), color=colour, label=label)
+        right.plot(steps, run.flush_trace.mean(axis=1), color=colour, label=label)
+    for ax in (left, right):
+        ax.axvline(spike_step, color=PALETTE["black"], lw=1, ls="--")
+        ax.set_xlabel("training step")
+    left.set(yscale="log", ylabel="relative error of the cast (L2)", title="cast error")
+    left.minorticks_off()
+    left.yaxis.set_major_formatter(POW10)
+    right.set(ylabel="share of gradients flushed to zero", title="flushed", ylim=(0, 1))
+    left.legend(fontsize=8)
     return fig
 
 
@@ -185,24 +235,23 @@ def plot_state_drift(runs: Mapping[str, numerics.Run], drift: Mapping[str, np.nd
 
 
 @styled
-def plot_inference(reference: np.ndarray, served: Mapping[str, np.ndarray],
-                   trained: Mapping[str, np.ndarray], trained_reference: np.ndarray) -> Figure:
-    """Test accuracy of the fp32-trained model (black line and band), of the same model with its
-    weights quantized for inference to each format (blue), of the model trained with its weights
-    kept in that format (vermillion), and of fp32 training under the same conditions as those
-    (``trained_reference``, dashed). Bars are the mean over seeds; dots are the seeds."""
-    names = list(served)
+def plot_inference(reference: np.ndarray, columns: Mapping[str, Mapping[str, np.ndarray]]) -> Figure:
+    """Test accuracy of the fp32-trained model (black line and band) and, for each format (x axis),
+    one bar per entry of ``columns`` (for example: served in the format, trained in it with an fp32
+    master copy, trained in it without one). Bars are the mean over seeds; dots are the seeds."""
+    kinds = list(columns)
+    names = list(columns[kinds[0]])
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    width = 0.8 / len(kinds)
+    colours = (SERVE, PALETTE["green"], TRAIN, PALETTE["sky"])
+    fig, ax = plt.subplots(figsize=(6.6, 4.0))
     ref = np.asarray(reference)
     ax.axhspan(ref.min(), ref.max(), color=PALETTE["black"], alpha=0.12, lw=0)
     ax.axhline(ref.mean(), color=PALETTE["black"], lw=1.2, label="fp32, trained and served")
-    ax.axhline(np.mean(trained_reference), color=TRAIN, lw=1.2, ls="--",
-               label="fp32, trained like the vermillion bars")
-    for offset, data, colour, label in ((-0.2, served, SERVE, "trained in fp32, served in format"),
-                                        (0.2, trained, TRAIN, "trained in format, no master copy")):
-        vals = [np.asarray(data[n]) for n in names]
-        ax.bar(x + offset, [v.mean() for v in vals], 0.4, color=colour, label=label)
+    for k, kind in enumerate(kinds):
+        offset = (k - (len(kinds) - 1) / 2) * width
+        vals = [np.asarray(columns[kind][n]) for n in names]
+        ax.bar(x + offset, [v.mean() for v in vals], width, color=colours[k % len(colours)], label=kind)
         for xi, v in zip(x, vals, strict=True):
             ax.plot(np.full(v.shape, xi + offset), v, ls="none", marker="o", ms=3, color=PALETTE["black"])
     ax.set(ylim=(0, 1), xticks=x, ylabel="test accuracy", title="Serving in low precision vs training in it")
