@@ -255,6 +255,20 @@ def train(run: Run, system: System, *, days: float, utilisation: float, overlap:
                    data_break_even=tiers.break_even("data"), efficiency=eff, days=took, binds=binds)
 
 
+def designed_system(memory_like: Mapping, peak_tflop_s: float, link_gb_s: float, *,
+                    domain_chips: int = 8, scale_out_gb_s: float = 50.0) -> System:
+    """A chip for the "design a chip" explorable: the memory tiers of ``memory_like`` (a row of
+    data/chips.csv: SRAM, HBM, DDR sizes and bandwidths), a dense 16-bit peak of ``peak_tflop_s``,
+    and links of ``link_gb_s`` per direction in a scale-up domain of ``domain_chips`` chips, with a
+    scale-out network of ``scale_out_gb_s`` per chip (InfiniBand NDR's 50 GB/s by default)."""
+    peak = _checks.positive("peak_tflop_s", peak_tflop_s)
+    chip = {**memory_like, "chip": "designed", "bf16_dense_tflop_s": peak}
+    up = {"gb_s_per_direction": _checks.positive("link_gb_s", link_gb_s),
+          "domain_chips": _checks.count("domain_chips", domain_chips)}
+    out = {"gb_s_per_direction": _checks.positive("scale_out_gb_s", scale_out_gb_s), "domain_chips": None}
+    return System("designed chip", chip, up, out, "bf16")
+
+
 def calibrated_utilisation(run: Run, system: System, layout: network.Layout, mfu: float, *,
                            overlap: float = OVERLAP) -> float:
     """The compute-only utilisation u at which the modelled step of ``run`` on ``system`` in

@@ -42,3 +42,13 @@ def test_switching_lines_follow_the_formula():
     # by hand at $1B: 1 / (1 - (0.1 + 0.05 + 0.03) / 3)
     assert line.get_ydata()[2] == pytest.approx(1 / (1 - 0.18 / 3))
     assert ax.get_lines()[1].get_ydata()[0] == pytest.approx(1.3)
+
+
+def test_design_bars_read_back():
+    fig = figures.plot_design(2e6, 1e6, 500.0, 24.0, "compute")
+    left, right = fig.axes
+    np.testing.assert_allclose([p.get_height() for p in left.patches], [1e6, 2e6])
+    np.testing.assert_allclose([p.get_height() for p in right.patches], [24.0, 500.0])
+    cannot = figures.plot_design(math.nan, 1e6, 500.0, 24.0, "capacity")
+    assert len(cannot.axes[0].patches) == 1
+    assert any("capacity" in t.get_text() for t in cannot.axes[0].texts)

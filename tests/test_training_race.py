@@ -149,3 +149,15 @@ def test_every_system_names_known_chips_and_links(systems):
     chips = set(data.load("chips").chip)
     assert {s.chip["chip"] for s in systems.values()} <= chips
     assert len(systems) == len(data.load("training_systems"))
+
+
+def test_a_designed_h100_trains_like_the_h100_cluster(systems, run405):
+    # the H100's own memory, peak and links, rebuilt by designed_system, give the same run
+    h100 = systems[H100]
+    designed = race.designed_system(h100.chip, 989, 450, domain_chips=8, scale_out_gb_s=50)
+    a = race.train(run405, h100, days=90, utilisation=0.45)
+    b = race.train(run405, designed, days=90, utilisation=0.45)
+    assert (a.chips, a.layout, a.binds) == (b.chips, b.layout, b.binds)
+    assert a.days == pytest.approx(b.days, rel=1e-12)
+    with pytest.raises(ValueError, match="link_gb_s"):
+        race.designed_system(h100.chip, 989, 0)

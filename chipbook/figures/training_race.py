@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from chipbook import training_race
 from chipbook.style import PALETTE, styled
@@ -43,8 +44,11 @@ def plot_binding(outcomes: Sequence[training_race.Outcome], target_days: float, 
     ax.axvline(target_days, color=PALETTE["black"], linestyle="--", linewidth=1)
     ax.set_xscale("log")
     ax.set_xlim(left, max([*finite, target_days]) * 3)
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_yticks(y, names, fontsize=8)
-    ax.set_xlabel("days to train (log scale); dashed: the window chips were sized for")
+    ax.set_xlabel("days to train (log); dashed: the window sized for")
     shown = dict.fromkeys(o.binds for o in outcomes if not math.isnan(o.days))
     ax.legend(handles=[Patch(color=BIND_COLOURS[b], label=f"binds: {b}") for b in shown],
               loc="lower right", fontsize=8)
@@ -74,4 +78,33 @@ def plot_switching(spends: Sequence[float], curves: Mapping[str, Sequence[float]
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title)
+    return fig
+
+
+@styled
+def plot_design(chip_days: float, reference_chip_days: float, tokens_per_s: float,
+                reference_tokens_per_s: float, binds: str, title: str = "") -> Figure:
+    """Two panels, each a designed chip's bar beside an H100's: chip-days to train (left: what a lab
+    pays for at a given price per chip-hour; none if it cannot train, with what binds written
+    instead) and one user's decode tokens per second (right), both on log axes whose limits do not
+    move between frames."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(7.5, 3.0))
+    names = ["H100 cluster", "designed"]
+    left.bar(names[0], reference_chip_days, color=PALETTE["black"])
+    if math.isnan(chip_days):
+        left.text(1, reference_chip_days, f"cannot train:\n{binds}", ha="center", fontsize=8)
+    else:
+        left.bar(names[1], chip_days, color=BIND_COLOURS[binds], label=f"binds: {binds}")
+        left.legend(fontsize=8, loc="upper right")
+    left.set_xticks([0, 1], names)
+    left.set_xlim(-0.6, 1.6)
+    left.set_yscale("log")
+    left.set_ylim(1e5, 1e7)
+    left.set_ylabel("chip-days to train (log)")
+    right.bar(names, [reference_tokens_per_s, tokens_per_s], color=[PALETTE["black"], PALETTE["blue"]])
+    right.set_yscale("log")
+    right.set_ylim(1, 1e5)
+    right.set_ylabel("tokens/s for one user (log)")
+    if title:
+        fig.suptitle(title, fontsize=10)
     return fig
