@@ -255,6 +255,33 @@ def train(run: Run, system: System, *, days: float, utilisation: float, overlap:
                    data_break_even=tiers.break_even("data"), efficiency=eff, days=took, binds=binds)
 
 
+def chip_days(outcome: Outcome) -> float:
+    """Chip-days a run takes: chips × days, what a lab pays for at a price per chip-hour."""
+    return outcome.chips * outcome.days
+
+
+def utilisation_to_beat(run: Run, system: System, reference: Outcome, speedup: float, *,
+                        days: float) -> float:
+    """The lowest compute utilisation at which ``system`` trains ``run`` in ``speedup`` times fewer
+    chip-days than ``reference`` (the same run on another system), found by bisection over
+    :func:`train`; NaN where even a utilisation of 1 does not reach it or the system cannot train.
+    This is what the software of a challenger must reach for the switch to pay."""
+    speedup = _checks.positive("speedup", speedup)
+    target = chip_days(reference) / speedup
+
+    def beats(u: float) -> bool:
+        took = chip_days(train(run, system, days=days, utilisation=u))
+        return not math.isnan(took) and took <= target
+
+    if not beats(1.0):
+        return math.nan
+    low, high = 1e-3, 1.0
+    for _ in range(40):
+        mid = (low + high) / 2
+        low, high = (low, mid) if beats(mid) else (mid, high)
+    return high
+
+
 def designed_system(memory_like: Mapping, peak_tflop_s: float, link_gb_s: float, *,
                     domain_chips: int = 8, scale_out_gb_s: float = 50.0) -> System:
     """A chip for the "design a chip" explorable: the memory tiers of ``memory_like`` (a row of

@@ -161,3 +161,14 @@ def test_a_designed_h100_trains_like_the_h100_cluster(systems, run405):
     assert a.days == pytest.approx(b.days, rel=1e-12)
     with pytest.raises(ValueError, match="link_gb_s"):
         race.designed_system(h100.chip, 989, 0)
+
+
+def test_utilisation_to_beat_by_bisection_matches_a_direct_check(systems, run405):
+    ref = race.train(run405, systems[H100], days=90, utilisation=0.45)
+    mi = systems["MI300X cluster (8-GPU + 400GbE)"]
+    u = race.utilisation_to_beat(run405, mi, ref, 1.1, days=90)
+    assert 0 < u < 0.45  # a higher peak needs less utilisation than the H100's to be 10% ahead
+    above = race.chip_days(race.train(run405, mi, days=90, utilisation=u * 1.01))
+    below = race.chip_days(race.train(run405, mi, days=90, utilisation=u * 0.99))
+    assert above <= race.chip_days(ref) / 1.1 < below
+    assert math.isnan(race.utilisation_to_beat(run405, mi, ref, 100.0, days=90))
