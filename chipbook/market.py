@@ -507,4 +507,4 @@ def variance_shares(inputs: Mapping[str, np.ndarray], output: np.ndarray, *, bin
         which = np.minimum(rank * bins // x.size, bins - 1)
         means = np.bincount(which, weights=log_y, minlength=bins) / np.bincount(which, minlength=bins)
         shares[name] = float(means[which].var() / total)
-    return pd.Series(shares, name="variance share").sort_values(ascending=False)
+    return pd.Series(shares, name="variance share").sort_values(ascending=False, kind="stable")

@@ -46,6 +46,16 @@ SETTLE_MS = 15_000
 FRAME_MS = 3_000
 REDIRECTS = 3  # how many navigations a page may make on its own while loading (index.html: one)
 
+#: The screens the browser tests read the book on: a laptop, and a phone (390 CSS px wide, as an
+#: iPhone 12 to 15 in portrait; emulated as a touch device at its pixel ratio).
+VIEWPORTS: dict[str, dict[str, Any]] = {
+    "desktop": {"viewport": {"width": 1280, "height": 800}},
+    "phone": {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 3, "is_mobile": True,
+              "has_touch": True},
+}
+#: The narrowest a slider's track may be: a reader must be able to move its thumb (CSS px).
+MIN_TRACK_PX = 150
+
 #: Where the book's notebooks live, in the repository (and under _build/html/_sources).
 NOTEBOOK_FOLDERS = ("notebooks", "book")
 
@@ -345,6 +355,37 @@ def controls(explorable: Locator) -> list[Control]:
         else:
             found.append(Control(element, "buttons", element.locator(".widget-toggle-button").count()))
     return found
+
+
+#: What the explorable occupies on screen: each slider track's width, each visible frame's left and
+#: right edge, and the page's scrollable and visible widths (CSS px).
+GEOMETRY_JS = """
+(root) => {
+  const box = (element) => element.getBoundingClientRect();
+  return {
+    tracks: [...root.querySelectorAll(".noUi-target")].map((track) => box(track).width),
+    frames: [...root.querySelectorAll("img")].filter((img) => img.checkVisibility())
+      .map((img) => [box(img).left, box(img).right]),
+    scroll_width: document.documentElement.scrollWidth,
+    client_width: document.documentElement.clientWidth,
+  };
+}
+"""
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where an explorable's parts are on screen (see GEOMETRY_JS)."""
+
+    tracks: list[float]
+    frames: list[list[float]]
+    scroll_width: int
+    client_width: int
+
+
+def geometry(explorable: Locator) -> Geometry:
+    """Measure the explorable and the page it is on."""
+    return Geometry(**explorable.evaluate(GEOMETRY_JS))
 
 
 def install_frame_helpers(page: Page) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,13 +23,16 @@ from playwright.sync_api import Browser, ConsoleMessage, Locator, Page, expect, 
 
 from tests.browser_support import (
     CHROMIUM_HELP,
+    MIN_TRACK_PX,
     NOTEBOOK_FOLDERS,
+    VIEWPORTS,
     Control,
     Frame,
     controls,
     explorable_views,
     explorables,
     find_chromium,
+    geometry,
     has_math,
     has_widgets,
     html_pages,
@@ -95,6 +100,14 @@ def chromium() -> Iterator[Browser]:
 def page(chromium: Browser) -> Iterator[Page]:
     """A page in a fresh browser context (no cache or storage shared between tests)."""
     context = chromium.new_context()
+    yield context.new_page()
+    context.close()
+
+
+@pytest.fixture(params=list(VIEWPORTS))
+def screen_page(request: pytest.FixtureRequest, chromium: Browser) -> Iterator[Page]:
+    """A page in a fresh browser context on each screen of VIEWPORTS: a laptop and a phone."""
+    context = chromium.new_context(**VIEWPORTS[request.param])
     yield context.new_page()
     context.close()
 
@@ -187,31 +200,49 @@ def _check_sweep(explorable: Locator, control: Control, first: Frame, where: str
     assert back.hash == first.hash, f"{where}: moving back to value 0 did not bring back its frame"
 
 
+def _check_fit(explorable: Locator, where: str) -> None:
+    """Every slider's track is wide enough to move its thumb, every frame lies within the page's
+    width, and the page does not scroll sideways."""
+    shown = geometry(explorable)
+    narrow = [round(width) for width in shown.tracks if width < MIN_TRACK_PX]
+    assert not narrow, f"{where}: slider tracks narrower than {MIN_TRACK_PX} px: {narrow}"
+    assert shown.frames, f"{where} shows no frame"
+    outside = [edges for edges in shown.frames if edges[0] < 0 or edges[1] > shown.client_width + 0.5]
+    assert not outside, f"{where}: frames beyond the page's {shown.client_width} px: {outside}"
+    assert shown.scroll_width <= shown.client_width, (
+        f"{where}: the page scrolls sideways: {shown.scroll_width} px of content in {shown.client_width} px")
+
+
 @pytest.mark.parametrize("path", EXPLORABLE_PAGES)
-def test_every_control_changes_the_frame(base_url: str, page: Page, path: str) -> None:
-    """Each control, moved through its values while the others stay at their first, shows a new frame
-    at every step and the first frame again when moved back."""
-    open_page(page, base_url + path)
-    install_frame_helpers(page)
-    drawn = explorables(page)
+def test_explorables_fit_the_screen_and_every_control_changes_the_frame(
+        base_url: str, screen_page: Page, path: str) -> None:
+    """On a laptop and on a phone, each explorable fits the screen (see _check_fit), and each of its
+    controls, moved through its values while the others stay at their first, shows a new frame at
+    every step and the first frame again when moved back."""
+    open_page(screen_page, base_url + path)
+    install_frame_helpers(screen_page)
+    drawn = explorables(screen_page)
     assert len(drawn) == explorable_views(HTML[path]), f"{path}: not every explorable was drawn"
     for number, explorable in enumerate(drawn, 1):
         reveal(explorable)
+        where = f"{path}, explorable {number}"
         found = controls(explorable)
-        assert found, f"{path}, explorable {number} has no slider or toggle buttons"
+        assert found, f"{where} has no slider or toggle buttons"
+        _check_fit(explorable, where)
         first = wait_for_frame(explorable)
-        assert first.hash, f"{path}, explorable {number} shows {_describe(first)} at first"
+        assert first.hash, f"{where} shows {_describe(first)} at first"
         for which, control in enumerate(found, 1):
-            _check_sweep(explorable, control, first, f"{path}, explorable {number}, control {which}")
+            _check_sweep(explorable, control, first, f"{where}, control {which}")
 
 
 # --- notebook downloads ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("source", NOTEBOOK_SOURCES)
-def test_notebook_pages_offer_their_notebook(base_url: str, page: Page, source: str) -> None:
+def test_notebook_pages_offer_their_notebook(base_url: str, page: Page, source: str, tmp_path: Path) -> None:
     """The page's download menu (sphinx-book-theme's button) links to its notebook, which downloads
-    as an nbformat 4 notebook with the cells of the repository's copy."""
+    as an nbformat 4 notebook: first a cell that says how to get the book's package, then the cells of
+    the repository's copy."""
     open_page(page, base_url + source.removesuffix(".ipynb") + ".html")
     page.locator(".dropdown-download-buttons > button").click()
     link = page.locator('.dropdown-download-buttons a[href$=".ipynb"]')
@@ -221,5 +252,20 @@ def test_notebook_pages_offer_their_notebook(base_url: str, page: Page, source: 
     downloaded = json.loads(response.text())
     committed = json.loads((REPO / source).read_text(encoding="utf-8"))
     assert downloaded["nbformat"] == 4, f"the download of {source} is not an nbformat 4 notebook"
-    assert len(downloaded["cells"]) == len(committed["cells"]), (
-        f"the download of {source} has another cell count than the repository's notebook")
+    hint, *cells = downloaded["cells"]
+    sources = ["".join(cell["source"]) for cell in cells]
+    assert sources == ["".join(cell["source"]) for cell in committed["cells"]], (
+        f"the download of {source} does not hold the repository notebook's cells after its first")
+    _check_download_hint("".join(hint["source"]), source, tmp_path)
+
+
+def _check_download_hint(code: str, source: str, folder: Path) -> None:
+    """The downloaded notebook's first cell says how to get the package, and run where the package
+    is missing (a bare Python, outside the repository), it fails with that message."""
+    for words in ("chipbook", "make lab", "pip install -e ."):
+        assert words in code, f"the first cell of the download of {source} does not mention {words!r}"
+    bare = subprocess.run([sys.executable, "-S", "-c", code], cwd=folder, capture_output=True, text=True,
+                          check=False)
+    assert bare.returncode != 0, f"the first cell of the download of {source} ran without chipbook"
+    assert "ModuleNotFoundError" in bare.stderr and "make lab" in bare.stderr, (
+        f"without chipbook, the first cell of the download of {source} fails with: {bare.stderr[-500:]}")

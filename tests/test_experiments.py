@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from chipbook import data, experiments
+from chipbook import numerics as nm
 from chipbook.experiments import lowprec_training
 
 NAMES = experiments.names()
@@ -222,3 +223,19 @@ def test_every_experiment_is_described_in_the_data_readme(name):
     described = section[1].split("\n#", 1)[0]
     for column in ["point", *experiments.get(name).COLUMNS]:
         assert f"- `{column}` (" in described, f"data/README.md, ### {name}: column {column} is not described"
+
+
+def test_disagreement_counts_changed_predictions_by_hand():
+    task = nm.make_task(0, n_train=128, n_test=64)
+    a = nm.train(nm.Recipe(), task, [1e-2], [0, 1], steps=5)
+    b = nm.train(nm.Recipe(compute="bf16", grad="bf16"), task, [1e-2], [0, 1], steps=5)
+    assert not lowprec_training.disagreement(a, a, task).any()
+
+    def predictions(run, k):
+        return nm.logits([p[k:k + 1] for p in run.params], task.x_test)[0].argmax(axis=-1)
+
+    for k in range(2):  # model k against the other run's model k, and against this run's next seed
+        want_same = np.mean(predictions(a, k) != predictions(b, k))
+        want_next = np.mean(predictions(a, k) != predictions(a, (k + 1) % 2))
+        assert lowprec_training.disagreement(a, b, task)[0, k] == want_same
+        assert lowprec_training.disagreement(a, a, task, shift=1)[0, k] == want_next

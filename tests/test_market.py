@@ -425,6 +425,13 @@ def test_serving_blend_reproduces_deepseeks_measured_fleet(models):
     assert gpu_hours == pytest.approx(row["gpu_hours_per_day"], rel=0.002)
 
 
+def test_deepseeks_stated_cost_is_its_hours_at_its_price():
+    # the source's own arithmetic: 226.75 nodes × 8 H800s × 24 h = 43,536 H800-hours at 2 USD each
+    row = data.load("serving_measurements").iloc[0]
+    assert row["gpu_hours_per_day"] == 226.75 * 8 * 24
+    assert row["cost_usd_per_day"] == row["gpu_hours_per_day"] * row["usd_per_gpu_hour"]
+
+
 def test_hours_ratio_by_hand():
     # 12 in FLOP, training at 0.35 and serving at 0.37, overhead 3: 12·0.35 / (3·0.37)
     assert m.hours_ratio(12.0, train_utilisation=0.35, serve_utilisation=0.37, train_overhead=3.0) == \

@@ -53,6 +53,15 @@ _MX = {"fp32": {}, "fp8, current scaling": {**_FP8, "scaling": "tensor"}, "MXFP8
        "MXFP4, round-up scale": {**_FP4, "scaling": "mx", "mx_rule": "ceil"}}
 _ACCUMULATOR = {"fp8, exact accumulation": {**_FP8, "scaling": "tensor"},
                 "fp8, 13-bit truncating block accumulator": {**_FP8, "scaling": "tensor", "acc_bits": 13}}
+#: the switching-cost experiment: the bf16 recipe with fp32 master weights (the reference), tuned in the
+#: sweep, re-run under numerics another chip could plausibly have
+_SWITCH = {"bf16 + fp32 master (reference)": _BF16,
+           "block accumulator truncating to 23 bits": {**_BF16, "acc_bits": 23},
+           "block accumulator truncating to 13 bits": {**_BF16, "acc_bits": 13},
+           "tf32 products, fp32 gradients": {"compute": "tf32"},
+           "fp16 with dynamic loss scaling": {**_FP16, "loss_scale": "dynamic"},
+           "bf16 weights, stochastic rounding, no master": {**_BF16, "weights": "bf16",
+                                                            "rounding": "stochastic"}}
 #: the formats of serving and of training in them: the forward pass's casts (weights and activations)
 FORMATS = {"int8": {"compute": "int8", "grad": "bf16", "scaling": "tensor"},
            "fp8 E4M3": {"compute": "fp8_e4m3", "grad": "fp8_e5m2", "scaling": "tensor"},
@@ -99,6 +108,8 @@ _GRID = [
     *_points("spike", _SPIKE, [3e-3], train={"spike": SPIKE}, traces=True),
     *_points("mx", _MX, [3e-3], train=WIDE),
     *_points("accumulator", _ACCUMULATOR, [3e-3], train=WIDE),
+    *[{**p, "compare_to": _BF16}
+      for p in _points("switch", _SWITCH, [_grid(BEST + k) for k in (-1, 0, 1)], train=SWEEP_TRAIN)],
     {"group": "serve", "label": "fp32", "recipe": {}, "lrs": _BEST, "train": _SCHEDULE, "serve": FORMATS},
     *[{"group": "master", "label": name, "recipe": fmt, "lrs": _BEST, "train": _SCHEDULE}
       for name, fmt in FORMATS.items()],
@@ -171,6 +182,16 @@ def weight_drift(run: nm.Run, reference: nm.Run, hidden: int, task_: nm.Task) ->
     return drift.reshape(n_lr, len(seeds))
 
 
+def disagreement(run: nm.Run, reference: nm.Run, task_: nm.Task, shift: int = 0) -> np.ndarray:
+    """Share of the held-out examples on which ``run``'s model of each (learning rate, seed) predicts
+    another class than ``reference``'s model of the same learning rate and the seed ``shift`` places
+    further in the seed list (cyclically; 0: the same seed); shape (lrs, seeds)."""
+    n_lr, n_seed = len(run.lrs), len(run.seeds)
+    ours = nm.logits(run.params, task_.x_test).argmax(axis=-1).reshape(n_lr, n_seed, -1)
+    theirs = nm.logits(reference.params, task_.x_test).argmax(axis=-1).reshape(n_lr, n_seed, -1)
+    return (ours != np.roll(theirs, -shift, axis=1)).mean(axis=-1)
+
+
 def _rows(group: str, label: str, run: nm.Run, metric: str, step: int, values: np.ndarray) -> list[dict]:
     return [{"group": group, "label": label, "lr": float(lr), "seed": int(seed), "metric": metric,
              "step": int(step), "value": float(values[i, j])}
@@ -205,6 +226,10 @@ def run_one(point: dict, shared: dict) -> list[dict]:
         drift = weight_drift(run, reference, s["hidden"], task(s))
         rows += _rows(g, label, run, "drift", steps, drift)
     t = task(s)
+    if "compare_to" in point:
+        reference = _train(point["compare_to"], lrs, s)
+        rows += _rows(g, label, run, "disagree", steps, disagreement(run, reference, t))
+        rows += _rows(g, label, run, "seed_disagree", steps, disagreement(run, run, t, shift=1))
     for name, recipe in point.get("serve", {}).items():
         served = nm.served_accuracy(run.params, t.x_test, t.y_test, nm.Recipe(**recipe))
         rows += _rows(g, label, run, f"served: {name}", steps, served.reshape(n_lr, n_seed))

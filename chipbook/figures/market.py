@@ -38,7 +38,7 @@ def plot_breakeven(models: pd.DataFrame) -> Figure:
     and in serving (every token attending to a full training context). Models whose layer shapes
     are not published get no dot.
     """
-    rows = models.sort_values("train_tokens")
+    rows = models.sort_values("train_tokens", kind="stable")
     fig, ax = plt.subplots(figsize=(6.4, 0.42 * len(rows) + 1.9))
     y = np.arange(len(rows))
     plain = [market.breakeven_tokens(d) for d in rows["train_tokens"]]
@@ -217,7 +217,7 @@ def plot_reality(shares: pd.DataFrame, bands: dict[str, tuple[float, float]]) ->
     """Published inference shares (rows of data/inference_share.csv: measurements as dots, hollow
     where the fleet was mostly not language models; forecasts as diamonds) beside ranges from the
     chapter's models (``bands``: label -> (low, high) share)."""
-    rows = shares.sort_values("inference_share")
+    rows = shares.sort_values("inference_share", kind="stable")
     forecast = rows["claim"].str.contains("forecast", case=False).to_numpy()
     non_llm = (rows["workload"] == "mostly non-LLM").to_numpy()
     names = [f"{c.split(':')[0].replace(' forecast', '')}, {s} {int(y)}"

@@ -1,9 +1,16 @@
 // Loaded after require.js and before the ipywidgets HTML manager, on pages that hold widgets.
 (function () {
-  // 1. The manager's bundled stylesheet fetches its icon fonts from a folder named after its AMD
-  //    module, relative to the page. Point that module at the fonts the book serves beside this file.
+  // 1. The bundled stylesheets fetch their icon fonts from the folder of their AMD module's address,
+  //    relative to the page: the folder of "@jupyter-widgets/html-manager/dist/libembed-amd" and
+  //    that of "@jupyter-widgets/html-manager" (whose Font Awesome 4 rules also match the theme's
+  //    icons). Point both at the fonts the book serves beside this file.
   var here = document.currentScript.src.replace(/[^/]*$/, "");
-  window.require.config({ paths: { "@jupyter-widgets/html-manager/dist": here + "fonts" } });
+  window.require.config({
+    paths: {
+      "@jupyter-widgets/html-manager/dist": here + "fonts",
+      "@jupyter-widgets/html-manager": here + "fonts/html-manager",
+    },
+  });
 
   // 2. The manager typesets widget labels with the MathJax 2 call
   //    MathJax.Hub.Queue(["Typeset", MathJax.Hub, element]); the book loads MathJax 3, which has no
