@@ -260,7 +260,10 @@ class Layout:
     """A training run's parallel layout: ``tensor`` × ``context`` × ``pipeline`` × ``data`` chips,
     optimizer state sharded over the data-parallel chips by ZeRO stage ``zero_stage``, and
     ``in_flight`` micro-batches whose activations a pipeline stage keeps at once (a 1F1B schedule's
-    first stage keeps as many as there are stages)."""
+    first stage keeps as many as there are stages). ``chunks`` is the number of model chunks each
+    chip holds in an interleaved pipeline schedule (1: plain 1F1B); interleaving makes the first stage
+    keep 1 + (p − 1)/(p·v) times the activations of plain 1F1B [korthikanti2022reducing], the
+    penalty Megatron-LM's memory estimate applies."""
 
     tensor: int
     pipeline: int
@@ -268,15 +271,24 @@ class Layout:
     context: int = 1
     zero_stage: int = 1
     in_flight: int = 1
+    chunks: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("tensor", "pipeline", "data", "context", "in_flight"):
+        for name in ("tensor", "pipeline", "data", "context", "in_flight", "chunks"):
             _checks.count(name, getattr(self, name))
         _checks.choice("zero_stage", self.zero_stage, _ZERO_SHARDS)
 
     @property
     def chips(self) -> int:
         return self.tensor * self.context * self.pipeline * self.data
+
+    @property
+    def interleave_factor(self) -> float:
+        """Activations of an interleaved schedule's first stage over plain 1F1B's: 1 + (p − 1)/(p·v)
+        with v = ``chunks`` ≥ 2 model chunks per chip, 1 for plain 1F1B (v = 1)."""
+        if self.chunks == 1:
+            return 1.0
+        return 1 + (self.pipeline - 1) / (self.pipeline * self.chunks)
 
 
 def layout_bytes_per_chip(params: float, recipe_name: str, layout: Layout, *,
@@ -286,7 +298,11 @@ def layout_bytes_per_chip(params: float, recipe_name: str, layout: Layout, *,
     activations of ``layout.in_flight`` micro-batches of its pipeline stage, where
     ``activations_per_microbatch`` is the whole model's activations for one micro-batch on one
     chip of the tensor group (e.g. :func:`llama_activation_bytes` with ``tensor_parallel``), so it is
-    divided by the pipeline stages and the context-parallel chips here."""
+    divided by the pipeline stages and the context-parallel chips here, and multiplied by the
+    layout's :attr:`Layout.interleave_factor`. Gradients are sharded only from ZeRO stage 2: with
+    stage 1 each chip keeps a whole gradient buffer for its share of the parameters (accumulated over
+    the micro-batches, reduce-scattered once a step); with stage 2 the gradients are reduce-scattered
+    as they are produced, every micro-batch."""
     share = _checks.positive("params", params) / (layout.tensor * layout.pipeline)
     r = recipe(recipe_name)
     act = _checks.non_negative("activations_per_microbatch", activations_per_microbatch)
@@ -294,8 +310,33 @@ def layout_bytes_per_chip(params: float, recipe_name: str, layout: Layout, *,
     part = {"weights": r.weights, "gradients": r.grads, "optimizer state": r.optimizer}
     key = {"weights": "weights", "gradients": "grads", "optimizer state": "optimizer"}
     out = {k: share * b / (layout.data if key[k] in sharded else 1) for k, b in part.items()}
-    out["activations"] = act / (layout.pipeline * layout.context) * layout.in_flight
+    out["activations"] = (act / (layout.pipeline * layout.context) * layout.in_flight
+                          * layout.interleave_factor)
     return out
+
+
+def working_set_bytes(layer_weight_bytes: float, layer_activation_bytes: float, *,
+                      layer_grad_bytes: float = 0.0, tensor_parallel: int = 1) -> float:
+    """Bytes a chip must hold *while it computes one layer*, whatever is sharded between layers: the
+    layer's gathered weights (ZeRO stage 3 or FSDP gathers them before use [rajbhandari2020zero]),
+    its gradient before the reduce-scatter, and the activations that layer's backward pass needs,
+    all divided over ``tensor_parallel`` chips that split the layer (tensor and sequence
+    parallelism [korthikanti2022reducing]). A lower bound: no prefetch buffer for the next layer."""
+    total = (_checks.positive("layer_weight_bytes", layer_weight_bytes)
+             + _checks.non_negative("layer_grad_bytes", layer_grad_bytes)
+             + _checks.non_negative("layer_activation_bytes", layer_activation_bytes))
+    return total / _checks.count("tensor_parallel", tensor_parallel)
+
+
+def min_split(working_bytes: float, free_bytes: float) -> float:
+    """Fewest chips over which a working set of ``working_bytes`` must be split so that each chip's
+    part fits in its ``free_bytes`` (the fast memory left after its share of the stored state, which
+    may be negative where that share does not fit): ⌈working / free⌉; inf where nothing is free."""
+    working_bytes = _checks.positive("working_bytes", working_bytes)
+    free_bytes = float(free_bytes)
+    if math.isnan(free_bytes):
+        raise ValueError("free_bytes must be a number, got NaN")
+    return math.inf if free_bytes <= 0 else _ceil(working_bytes / free_bytes)
 
 
 # --- bandwidth -----------------------------------------------------------------------------------
@@ -307,7 +348,9 @@ def decode_intensity(params: float, bytes_per_param: float, batch: float,
     (N·b bytes) and each sequence's KV cache (B·M_KV bytes), 2NB / (Nb + B·M_KV). It grows with B
     towards 2N/M_KV, so with a KV cache decode may never reach a chip's ridge point. Attention's
     own FLOP over the cache (2 per cached value for each query head that reads it) are left out:
-    they raise the intensity a little, not its order."""
+    for multi-head and grouped-query attention they raise the intensity a little, not its order;
+    not for multi-head latent attention with absorbed weights, where 128 query heads read each
+    cached latent, so the limit 2N/M_KV does not apply to it."""
     params = _checks.positive("params", params)
     b = _checks.positive("bytes_per_param", bytes_per_param)
     batch = _checks.positive("batch", batch)

@@ -30,6 +30,7 @@ def test_measured_figure_plots_the_given_bytes_in_mib():
     lines = fig.axes[0].get_lines()
     assert list(lines[0].get_ydata()) == [1, 2, 4]     # training model, MiB
     assert list(lines[3].get_ydata()) == [0.5] * 3     # inference measured, MiB
+    assert fig.axes[0].get_ylabel() == "peak memory, weights included (MiB)"
 
 
 def test_chips_needed_dots_sit_at_the_counts():

@@ -314,6 +314,40 @@ def test_llama3_layout_per_gpu_by_hand():
     assert parts["activations"] == pytest.approx(3.2e9 / 16 * 16)
 
 
+def test_llama3_layout_with_fp32_gradient_buffer_by_hand():
+    # Llama 3's paper: fp32 gradients accumulated over micro-batches, reduce-scattered once a step.
+    # 2 + 4 + 12 = 18 bytes per parameter; ZeRO stage 1 keeps the whole fp32 buffer on each GPU.
+    layout = m.Layout(tensor=8, pipeline=16, data=128, zero_stage=1, in_flight=16)
+    parts = m.layout_bytes_per_chip(4.05e11, "mixed-adam-fp32-grads", layout, activations_per_microbatch=0)
+    share = 4.05e11 / 128                      # 3.1640625e9 parameters per GPU
+    assert parts["weights"] == pytest.approx(6.328125e9)
+    assert parts["gradients"] == pytest.approx(12.65625e9)        # 4 bytes each, not sharded
+    assert parts["optimizer state"] == pytest.approx(12 * share / 128)
+    assert parts["activations"] == 0
+
+
+def test_interleaved_schedule_keeps_more_activations_on_the_first_stage():
+    # Megatron-LM's penalty 1 + (p - 1)/(p·v): p = 16, v = 2 gives 1 + 15/32 = 47/32
+    plain = m.Layout(tensor=8, pipeline=16, data=128, in_flight=16)
+    interleaved = m.Layout(tensor=8, pipeline=16, data=128, in_flight=16, chunks=2)
+    assert plain.interleave_factor == 1
+    assert interleaved.interleave_factor == pytest.approx(47 / 32)
+    act = m.layout_bytes_per_chip(4.05e11, "mixed-adam", interleaved, activations_per_microbatch=3.2e9)
+    assert act["activations"] == pytest.approx(3.2e9 * 47 / 32)
+    many = m.Layout(tensor=8, pipeline=16, data=128, in_flight=16, chunks=1000)
+    assert 1 < many.interleave_factor < 1.001  # more chunks, closer to plain 1F1B
+
+
+def test_working_set_and_the_split_it_forces():
+    # a 6.4 GB layer, 2 GB of gradient, 4 GB of activations over 4 chips: 3.1 GB each
+    assert m.working_set_bytes(6.4e9, 4e9, layer_grad_bytes=2e9, tensor_parallel=4) == pytest.approx(3.1e9)
+    assert m.min_split(10.0, 3.0) == 4
+    assert m.min_split(9.0, 3.0) == 3
+    assert m.min_split(405e9 / 126 * 2, 119e6) == 55   # one gathered Llama 3.1 405B layer in 119 MB
+    assert m.min_split(1.0, 0.0) == math.inf
+    assert m.min_split(1.0, -5.0) == math.inf
+
+
 # --- the numpy network --------------------------------------------------------------------------------
 
 
@@ -416,6 +450,10 @@ BAD_CALLS = [
     (lambda: m.latent_kv_cache_bytes(2, 0, 16, 1, "bf16"), "latent_dim"),
     (lambda: m.Layout(tensor=8, pipeline=0, data=1), "pipeline"),
     (lambda: m.Layout(tensor=8, pipeline=2, data=1, zero_stage=5), "zero_stage"),
+    (lambda: m.Layout(tensor=8, pipeline=2, data=1, chunks=0), "chunks"),
+    (lambda: m.working_set_bytes(1e9, 1e9, tensor_parallel=0), "tensor_parallel"),
+    (lambda: m.working_set_bytes(1e9, -1.0), "layer_activation_bytes"),
+    (lambda: m.min_split(1e9, math.nan), "free_bytes"),
     (lambda: m.decode_intensity(1e9, 2, 1, -1.0), "kv_bytes_per_seq"),
     (lambda: m.step_traffic_bytes(1e9, "mixed-adam", micro_batches=0), "micro_batches"),
     (lambda: m.crossover_tokens(34, 1e15, 0), "bandwidth_b_s"),

@@ -60,7 +60,7 @@ def plot_measured(depths: Sequence[int], measured: Mapping[str, Sequence[float]]
         ax.plot(depths, np.asarray(modelled[key]) / 2**20, color=colour, label=f"{key}, model")
         ax.plot(depths, np.asarray(measured[key]) / 2**20, ls="none", marker="o", ms=7, color=colour,
                 markerfacecolor="white", markeredgewidth=2, label=f"{key}, measured")
-    ax.set(xscale="log", xlabel="layers", ylabel="peak memory above the weights (MiB)", title=title)
+    ax.set(xscale="log", xlabel="layers", ylabel="peak memory, weights included (MiB)", title=title)
     ax.set_xticks(list(depths))
     ax.minorticks_off()
     ax.xaxis.set_major_formatter(PLAIN)
