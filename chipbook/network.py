@@ -89,6 +89,18 @@ class Traffic:
         """Bytes each rank sent, to other ranks and into a reducing switch."""
         return self.matrix.sum(axis=1) + self.up.sum(axis=0)
 
+    def placed(self, position: Sequence[int]) -> "Traffic":
+        """The same traffic with rank r running on chip ``position[r]`` of a topology: the order in
+        which ranks are laid on a chain, a ring or a torus decides how far their messages travel."""
+        position = np.asarray(position, dtype=int)
+        if sorted(position.tolist()) != list(range(self.ranks)):
+            raise ValueError(f"position must be a permutation of 0..{self.ranks - 1}, got {position.tolist()}")
+        rounds = np.zeros_like(self.rounds)
+        rounds[:, position[:, None], position[None, :]] = self.rounds
+        up, down = np.zeros_like(self.up), np.zeros_like(self.down)
+        up[:, position], down[:, position] = self.up, self.down
+        return Traffic(result=self.result[np.argsort(position)], rounds=rounds, up=up, down=down)
+
     @property
     def received(self) -> np.ndarray:
         """Bytes each rank received, from other ranks and from a reducing switch."""
@@ -494,19 +506,70 @@ def _chain_loads(sent: np.ndarray) -> np.ndarray:
     return np.concatenate([right, left])
 
 
-def round_time(sent: np.ndarray, topology: str, bandwidth: float, latency: float, **where) -> float:
-    """Seconds for one round: the latency α plus the busiest link's bytes over its ``bandwidth``
-    (bytes/s, per direction, of one rank's link) [thakur2005optimization]. A round that sends
-    nothing costs nothing. ``where`` passes the topology's keywords to :func:`link_loads`."""
+def links_per_chip(topology: str, ranks: int, *, shape: Sequence[int] | None = None) -> int:
+    """Links (each way) over which one chip's bandwidth is spread on ``topology``: 1 into a switch or
+    a fat tree's leaf, 2 on a ring or a chain, 2 per dimension on a torus, n − 1 on a full mesh."""
+    topology = _checks.choice("topology", topology, TOPOLOGIES)
+    n = _checks.count("ranks", ranks)
+    if topology in ("switch", "fat_tree"):
+        return 1
+    if topology == "mesh":
+        return max(1, n - 1)
+    if topology in ("ring", "chain"):
+        return 2
+    return 2 * len(_torus_shape(shape, n))
+
+
+def hops(sent: np.ndarray, topology: str, *, shape: Sequence[int] | None = None, **_where) -> int:
+    """Most links any message of the round ``sent[i, j]`` crosses on ``topology``: 1 through a switch
+    (its leaf or spine counted as one hop) or a direct link, |i − j| on a chain, the shorter way
+    round on a ring, the sum over dimensions on a torus; 0 for a round that sends nothing."""
+    sent = np.asarray(sent)
+    topology = _checks.choice("topology", topology, TOPOLOGIES)
+    n = sent.shape[0]
+    pairs = list(zip(*np.nonzero(sent), strict=True))
+    if not pairs:
+        return 0
+    if topology in ("switch", "fat_tree", "mesh"):
+        return 1
+    if topology == "chain":
+        return max(abs(int(i) - int(j)) for i, j in pairs)
+    dims = (n,) if topology == "ring" else _torus_shape(shape, n)
+    most = 0
+    for i, j in pairs:
+        a, b = np.unravel_index(i, dims), np.unravel_index(j, dims)
+        most = max(most, sum(min((int(y) - int(x)) % k, (int(x) - int(y)) % k)
+                             for x, y, k in zip(a, b, dims, strict=True)))
+    return most
+
+
+def round_time(sent: np.ndarray, topology: str, bandwidth: float, latency: float, *,
+               hop_latency: float = 0.0, per_chip: bool = False, **where) -> float:
+    """Seconds for one round: the latency α, plus ``hop_latency`` for every link beyond the first
+    that the farthest message crosses, plus the busiest link's bytes over its bandwidth
+    [thakur2005optimization]. ``bandwidth`` (bytes/s, per direction) is one link's, or, with
+    ``per_chip``, one chip's, spread evenly over its :func:`links_per_chip` links, so that
+    topologies are compared at equal injection bandwidth. A round that sends nothing costs
+    nothing. ``where`` passes the topology's keywords to :func:`link_loads`."""
     bandwidth = _checks.positive("bandwidth", bandwidth)
     latency = _checks.non_negative("latency", latency)
+    hop_latency = _checks.non_negative("hop_latency", hop_latency)
     loads = link_loads(sent, topology, **where)
-    return 0.0 if not loads.any() else latency + float(loads.max()) / bandwidth
+    if not loads.any():
+        return 0.0
+    n = np.asarray(sent).shape[0]
+    if per_chip:
+        bandwidth = bandwidth / links_per_chip(topology, n, shape=where.get("shape"))
+    extra = hop_latency * max(0, hops(sent, topology, **where) - 1)
+    return latency + extra + float(loads.max()) / bandwidth
 
 
-def simulated_time(traffic: Traffic, topology: str, bandwidth: float, latency: float, **where) -> float:
-    """Seconds for all the rounds of ``traffic``, one after the other, on ``topology``."""
-    return sum(round_time(r, topology, bandwidth, latency, up=u, down=d, **where)
+def simulated_time(traffic: Traffic, topology: str, bandwidth: float, latency: float, *,
+                   hop_latency: float = 0.0, per_chip: bool = False, **where) -> float:
+    """Seconds for all the rounds of ``traffic``, one after the other, on ``topology``
+    (:func:`round_time`)."""
+    return sum(round_time(r, topology, bandwidth, latency, hop_latency=hop_latency, per_chip=per_chip,
+                          up=u, down=d, **where)
                for r, u, d in zip(traffic.rounds, traffic.up, traffic.down, strict=True))
 
 

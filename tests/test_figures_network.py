@@ -58,6 +58,19 @@ def test_traffic_topology_bars_are_hand_routed_slowdowns():
     assert innet[names.index("chain")] == 0 and innet[names.index("fat tree 4:1")] == pytest.approx(1)
 
 
+
+def test_per_chip_slowdowns_spread_a_chips_bandwidth_over_its_links():
+    # one ring on a chain: each link at half a chip's bandwidth carries one chunk each way a step
+    ring = figures.simulate("ring", 16)
+    assert figures.topology_slowdown(ring, "chain", per_chip=True) == pytest.approx(2)
+    assert figures.topology_slowdown(ring, "chain") == pytest.approx(1)
+    # one-shot on a chain: the middle link's 64 buffers at half speed, against 15 through a switch port
+    shot = figures.simulate("one_shot", 16)
+    assert figures.topology_slowdown(shot, "chain", per_chip=True) == pytest.approx(2 * 64 / 15)
+    # a fat tree's leaf has one port per chip either way: per chip changes nothing there
+    assert figures.topology_slowdown(shot, "fat tree 4:1", per_chip=True) == pytest.approx(4 * 12 / 15)
+
+
 def test_layout_bars_are_the_hand_computed_seconds():
     # Llama 3 405B in its published layout, worked by hand from equation eq-layout
     fig = figures.plot_layout(128, 2 / 3, 0.41, params=4.05e11, layers=126, d_model=16384,
@@ -84,13 +97,19 @@ def test_decode_bars_split_latency_and_bandwidth():
 
 
 def test_alpha_beta_curves_start_at_the_latency_floor():
-    fig = figures.plot_alpha_beta(8, 4.5e11, 2e-6, 5e-6, link="x", algorithms=["ring", "one_shot"],
-                                  marks={"m": 1e4})
+    fig = figures.plot_alpha_beta(8, 4.5e11, 2e-6, 5e-6, link="x", algorithms=["ring", "one_shot", "in_network"],
+                                  measured={"m": ([1e4, 1e6], [3e-6, 4e-5])}, in_network_bandwidth=2e11)
     ax = fig.axes[0]
     ring = next(line for line in ax.get_lines() if line.get_label() == "ring all-reduce")
-    assert ring.get_ydata()[0] == pytest.approx(5e-6 + 14 * 2e-6 + 1.75 * 1e3 / 4.5e11)
+    assert ring.get_xdata()[0] == 512 and ring.get_xdata()[-1] == pytest.approx(1e9)
+    assert ring.get_ydata()[0] == pytest.approx(5e-6 + 14 * 2e-6 + 1.75 * 512 / 4.5e11)
     shot = next(line for line in ax.get_lines() if line.get_label() == "one-shot all-reduce")
-    assert shot.get_ydata()[0] == pytest.approx(5e-6 + 2e-6 + 7 * 1e3 / 4.5e11)
+    assert shot.get_ydata()[-1] == pytest.approx(5e-6 + 2e-6 + 7 * 1e9 / 4.5e11)
+    # in-network reduction at its own (measured) bandwidth: 2 rounds, S once
+    innet = next(line for line in ax.get_lines() if "in-network" in line.get_label())
+    assert innet.get_ydata()[-1] == pytest.approx(5e-6 + 4e-6 + 1e9 / 2e11)
+    points = next(line for line in ax.get_lines() if line.get_label() == "m")
+    assert list(points.get_xdata()) == [1e4, 1e6] and list(points.get_ydata()) == [3e-6, 4e-5]
 
 
 def test_message_size_bars_are_the_given_sizes():

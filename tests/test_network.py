@@ -522,6 +522,11 @@ def test_link_rows_are_consistent():
     keys = data.bib_keys()
     assert set(links["fabric"]) <= {"switched", "reducing", "torus", "direct", "host"}
     assert set(links["latency_source"].dropna()) <= keys
+    assert set(links["effective_source"].dropna()) <= keys
+    # what a library reaches after protocol overhead lies below the line rate
+    measured = links[links.effective_gb_s.notna()]
+    assert (measured.effective_gb_s < measured.gb_s_per_direction).all()
+    assert (measured.effective_source.notna()).all()
     # a latency from NCCL's model is labelled as such, and an assumption is not given a source
     vendor_model = links.latency_basis == "vendor model"
     assert (links.loc[vendor_model, "latency_source"] == "nvidia2026nccltuning").all()
@@ -559,3 +564,52 @@ def test_layout_efficiency_by_hand():
     eff = tiers.efficiency(tensor_bandwidth=100, pipeline_bandwidth=10, data_bandwidth=20, overlap=0.5)
     assert eff == pytest.approx(4 / (4 + 1 + 1 + 1))
     assert tiers.break_even("tensor") == 25.0
+
+
+def test_hops_counted_by_hand():
+    sent = np.zeros((8, 8))
+    sent[0, 7] = 1.0
+    assert net.hops(sent, "chain") == 7
+    assert net.hops(sent, "ring") == 1
+    assert net.hops(sent, "switch") == 1
+    # 2 × 4 torus, row-major: rank 0 is (0, 0), rank 6 is (1, 2): one hop down, two across
+    sent[0, 7], sent[0, 6] = 0.0, 1.0
+    assert net.hops(sent, "torus", shape=(2, 4)) == 3
+    assert net.hops(np.zeros((8, 8)), "chain") == 0
+
+
+def test_per_chip_bandwidth_and_hop_latency_by_hand():
+    # one message of 100 bytes from chip 0 to chip 3 of a chain: 3 links, each at half the chip's
+    # 10 bytes/s; α = 1 s for the round and 0.5 s for each of the 2 extra hops
+    sent = np.zeros((4, 4))
+    sent[0, 3] = 100.0
+    assert net.round_time(sent, "chain", 10.0, 1.0, hop_latency=0.5, per_chip=True) == pytest.approx(
+        1 + 2 * 0.5 + 100 / 5)
+    assert net.round_time(sent, "chain", 10.0, 1.0) == pytest.approx(1 + 100 / 10)
+    assert net.links_per_chip("torus", 64, shape=(4, 4, 4)) == 6
+    assert net.links_per_chip("mesh", 8) == 7 and net.links_per_chip("switch", 8) == 1
+    with pytest.raises(ValueError, match="hop_latency"):
+        net.round_time(sent, "chain", 10.0, 1.0, hop_latency=-1)
+
+
+def test_placing_a_ring_in_snake_order_keeps_its_neighbours_two_chips_apart():
+    out = net.ring_allreduce(np.arange(8 * 16, dtype=np.float64).reshape(8, 16))
+    placed = out.placed([0, 2, 4, 6, 7, 5, 3, 1])
+    assert max(net.hops(r, "chain") for r in placed.rounds) == 2
+    assert max(net.hops(r, "chain") for r in out.rounds) == 7     # the wrap-around message
+    assert placed.matrix.sum() == out.matrix.sum()
+    np.testing.assert_array_equal(placed.result, out.result)
+    with pytest.raises(ValueError, match="position"):
+        out.placed([0, 0, 1, 2, 3, 4, 5, 6])
+
+
+def test_halving_doubling_with_nearest_partners_first_needs_less_of_a_fat_tree():
+    # bit-reversed placement turns partners at distance n/2 into neighbours: the large first
+    # exchanges stay inside a leaf of 4
+    traffic = net.halving_doubling_allreduce(np.zeros((16, 64), dtype=np.float32))
+    order = [int(f"{r:04b}"[::-1], 2) for r in range(16)]
+
+    def slow(t):
+        return (net.simulated_time(t, "fat_tree", 1.0, 0.0, group=4, oversubscription=4)
+                / net.simulated_time(t, "switch", 1.0, 0.0))
+    assert slow(traffic.placed(order)) < slow(traffic) / 2

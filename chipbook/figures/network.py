@@ -65,15 +65,18 @@ def _torus_shape(ranks: int) -> tuple[int, int]:
     return side, ranks // side
 
 
-def topology_slowdown(traffic: network.Traffic, topology: str) -> float:
+def topology_slowdown(traffic: network.Traffic, topology: str, *, per_chip: bool = False) -> float:
     """Time of ``traffic`` on one of :data:`TOPOLOGY_VIEWS` over its time on a non-blocking switch,
-    bandwidth terms only, every link as fast as a rank's link to the switch; NaN where the pattern
-    cannot run there (in-network reduction needs a reducing switch)."""
+    bandwidth terms only; NaN where the pattern cannot run there (in-network reduction needs a
+    reducing switch). By default every link is as fast as a rank's link to the switch (as if the
+    pattern ran on every link at once, several rings side by side as NCCL's channels do); with
+    ``per_chip`` a chip's bandwidth is the same on every topology, spread over its links
+    (:func:`chipbook.network.links_per_chip`), and one instance of the pattern runs."""
     kind, where = TOPOLOGY_VIEWS[topology]
     where = {"shape": _torus_shape(traffic.ranks)} if where is None else where
     base = network.simulated_time(traffic, "switch", 1.0, 0.0)
     try:
-        return network.simulated_time(traffic, kind, 1.0, 0.0, **where) / base
+        return network.simulated_time(traffic, kind, 1.0, 0.0, per_chip=per_chip, **where) / base
     except ValueError:
         return float("nan")
 
@@ -184,14 +187,16 @@ def plot_layout(dp: int, overlap: float, utilisation: float, *, params: float, l
 
 @styled
 def plot_decode(batch: int, overhead: float, *, latency: float, bandwidth: float, layers: int, d_model: float,
-                ranks: int, algorithms: Sequence[str]) -> Figure:
+                ranks: int, algorithms: Sequence[str], in_network_bandwidth: float | None = None) -> Figure:
     """Communication per generated token of tensor-parallel decoding (two all-reduces per layer),
-    split into its fixed part (overhead and α per round) and its bandwidth part, per algorithm."""
+    split into its fixed part (overhead and α per round) and its bandwidth part, per algorithm
+    (``in_network_bandwidth``, default ``bandwidth``, for in-network reduction)."""
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     y = np.arange(len(algorithms))[::-1]
     fixed, moving = [], []
     for algorithm in algorithms:
-        total = network.tensor_parallel_decode_time(layers, d_model, ranks, bandwidth, latency, batch=batch,
+        bandwidth_of = in_network_bandwidth if algorithm == "in_network" and in_network_bandwidth else bandwidth
+        total = network.tensor_parallel_decode_time(layers, d_model, ranks, bandwidth_of, latency, batch=batch,
                                                     algorithm=algorithm, overhead=overhead)
         lat = network.tensor_parallel_decode_time(layers, d_model, ranks, 1e30, latency, batch=batch,
                                                   algorithm=algorithm, overhead=overhead)
@@ -229,22 +234,23 @@ def plot_message_sizes(sizes: Mapping[str, float], colours: Sequence[str]) -> Fi
 
 @styled
 def plot_alpha_beta(ranks: int, bandwidth: float, latency: float, overhead: float, *, link: str,
-                    algorithms: Sequence[str], marks: Mapping[str, float]) -> Figure:
-    """All-reduce time against message size on ``ranks`` ranks for each of ``algorithms``, with
-    vertical marks at the ``marks`` sizes."""
-    sizes = np.geomspace(1e3, 1e11, 200)
-    fig, ax = plt.subplots()
+                    algorithms: Sequence[str], measured: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+                    in_network_bandwidth: float | None = None) -> Figure:
+    """All-reduce time against message size S (512 B to 1 GB) on ``ranks`` ranks for each of
+    ``algorithms`` (:func:`chipbook.network.allreduce_time`; ``in_network_bandwidth``, default
+    ``bandwidth``, for in-network reduction), with ``measured`` points: label -> (sizes, times)."""
+    sizes = np.geomspace(512, 1e9, 200)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for algorithm in algorithms:
-        t = [network.allreduce_time(s, ranks, bandwidth, latency, algorithm, overhead=overhead)
-             for s in sizes]
+        bw = in_network_bandwidth if algorithm == "in_network" and in_network_bandwidth else bandwidth
+        t = [network.allreduce_time(s, ranks, bw, latency, algorithm, overhead=overhead) for s in sizes]
         ax.plot(sizes, t, color=ALGORITHM_COLOURS[algorithm], label=ALGORITHM_LABELS[algorithm])
-    for name, size in marks.items():
-        ax.axvline(size, color=PALETTE["sky"], lw=1.2)
-        ax.text(size * 1.3, 2e-1, name, rotation=90, va="top", fontsize=9)
-    ax.set(xscale="log", yscale="log", ylim=(1e-6, 10), xlabel="all-reduce size S",
-           ylabel="time", title=f"{ranks} ranks, {link}")
+    for (name, (x, y)), marker in zip(measured.items(), "os^Dv", strict=False):
+        ax.plot(x, y, marker, color=PALETTE["black"], mfc="none", ls="none", label=name)
+    ax.set(xscale="log", yscale="log", xlabel="all-reduce size S", ylabel="time",
+           title=f"{ranks} ranks, {link}")
     ax.minorticks_off()
     ax.xaxis.set_major_formatter(BYTES)
     ax.yaxis.set_major_formatter(SECONDS)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left")
     return fig
