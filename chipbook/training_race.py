@@ -107,14 +107,13 @@ def systems() -> dict[str, System]:
 
 
 def _bandwidth(link: Mapping | None) -> float:
-    """Per-direction bytes/s of a link row: what a collective library measurably reaches on it
-    (``effective_gb_s``) where published, as the networking chapter uses it, else the vendor's peak;
-    NaN where it has none or none is published."""
+    """Per-direction bytes/s of a link row, the vendor's peak; NaN where it has none or none is
+    published. The measured bandwidths of data/links.csv (``effective_gb_s``) exist for NVIDIA's links
+    only, so using them would compare NVIDIA measured with the others' peaks; the calibration of
+    :func:`calibrated_utilisation` absorbs the H100's gap between peak and measured instead."""
     if link is None:
         return math.nan
-    value = link.get("effective_gb_s")
-    if value is None:
-        value = link["gb_s_per_direction"]
+    value = link["gb_s_per_direction"]
     return math.nan if value is None else float(value) * 1e9
 
 

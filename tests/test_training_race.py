@@ -81,8 +81,9 @@ def test_what_binds_follows_the_data(systems, run405):
     # 8K tokens of activations with full recomputation, 2h bytes a token a layer, over 8 chips, exceed 230 MB
     assert 8192 * 126 * 2 * 16384 / 8 > 230e6
     assert groq.binds == "capacity" and math.isnan(groq.days)
-    tpu = got["TPU v5p pod (ICI only)"]
-    assert tpu.chips == 8960 and tpu.binds == "scale-out bandwidth"  # capped at one pod
+    tpu = got["TPU v5p slice (ICI only)"]
+    domain = systems["TPU v5p slice (ICI only)"].scale_up["domain_chips"]  # the largest slice, data/links.csv
+    assert tpu.chips_for_compute > domain and tpu.chips == domain and tpu.binds == "scale-out bandwidth"
     assert got[H100].binds == "compute"
 
 
