@@ -89,12 +89,13 @@ class Traffic:
         """Bytes each rank sent, to other ranks and into a reducing switch."""
         return self.matrix.sum(axis=1) + self.up.sum(axis=0)
 
-    def placed(self, position: Sequence[int]) -> "Traffic":
+    def placed(self, position: Sequence[int]) -> Traffic:
         """The same traffic with rank r running on chip ``position[r]`` of a topology: the order in
         which ranks are laid on a chain, a ring or a torus decides how far their messages travel."""
         position = np.asarray(position, dtype=int)
         if sorted(position.tolist()) != list(range(self.ranks)):
-            raise ValueError(f"position must be a permutation of 0..{self.ranks - 1}, got {position.tolist()}")
+            raise ValueError(f"position must be a permutation of 0..{self.ranks - 1}, "
+                             f"got {position.tolist()}")
         rounds = np.zeros_like(self.rounds)
         rounds[:, position[:, None], position[None, :]] = self.rounds
         up, down = np.zeros_like(self.up), np.zeros_like(self.down)
@@ -685,11 +686,6 @@ class Step:
         """Fraction of the step spent computing when communication does not overlap compute."""
         return self.compute / (self.compute + self.allreduce)
 
-    @property
-    def efficiency_overlapped(self) -> float:
-        """The same when the all-reduce hides perfectly behind compute: compute / max(both)."""
-        return self.efficiency_at(1.0)
-
     def efficiency_at(self, overlap: float) -> float:
         """Fraction of the step spent computing when the all-reduce can hide behind ``overlap`` of
         the compute (0: none; 2/3: the backward pass, where data-parallel frameworks start each
@@ -699,23 +695,6 @@ class Step:
         if overlap > 1:
             raise ValueError(f"overlap must be in [0, 1], got {overlap!r}")
         return self.compute / (self.compute + max(0.0, self.allreduce - overlap * self.compute))
-
-
-def data_parallel_step(params: float, tokens_per_step: float, chips: int, peak_flop_s: float,
-                       utilisation: float, bandwidth: float, latency: float, *,
-                       active_params: float | None = None, bytes_per_value: float = 2.0,
-                       algorithm: str = "ring") -> Step:
-    """A data-parallel step: 6·N_active·tokens FLOP shared by ``chips`` chips at ``utilisation`` of
-    their ``peak_flop_s``, then an all-reduce of the gradient of all ``params`` values
-    (:func:`allreduce_time`). ``active_params`` (default ``params``) is the count used per token,
-    smaller for a mixture-of-experts model, whose every expert still has a gradient."""
-    chips = _checks.count("chips", chips)
-    peak_flop_s = _checks.positive("peak_flop_s", peak_flop_s)
-    utilisation = _checks.fraction("utilisation", utilisation)
-    active = params if active_params is None else active_params
-    compute = market.training_flops(active, tokens_per_step) / (chips * peak_flop_s * utilisation)
-    comm = allreduce_time(gradient_bytes(params, bytes_per_value), chips, bandwidth, latency, algorithm)
-    return Step(compute=compute, allreduce=comm)
 
 
 def pipeline_bytes_per_token(d_model: float, batch: float = 1, bytes_per_value: float = 2.0) -> float:

@@ -97,7 +97,8 @@ def test_decode_bars_split_latency_and_bandwidth():
 
 
 def test_alpha_beta_curves_start_at_the_latency_floor():
-    fig = figures.plot_alpha_beta(8, 4.5e11, 2e-6, 5e-6, link="x", algorithms=["ring", "one_shot", "in_network"],
+    fig = figures.plot_alpha_beta(8, 4.5e11, 2e-6, 5e-6, link="x",
+                                  algorithms=["ring", "one_shot", "in_network"],
                                   measured={"m": ([1e4, 1e6], [3e-6, 4e-5])}, in_network_bandwidth=2e11)
     ax = fig.axes[0]
     ring = next(line for line in ax.get_lines() if line.get_label() == "ring all-reduce")

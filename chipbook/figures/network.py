@@ -25,6 +25,8 @@ ALGORITHM_COLOURS = {"ring": TRAIN, "halving_doubling": PALETTE["orange"], "tree
 #: ranks' bandwidth up (4:1), a 2-D torus, and a line of chips.
 TOPOLOGY_VIEWS = {"fat tree 4:1": ("fat_tree", {"group": 4, "oversubscription": 4.0}),
                   "2-D torus": ("torus", None), "chain": ("chain", {})}
+#: ranks of the traffic explorable and of the topology table
+TRAFFIC_RANKS = 16
 
 
 def _bytes(value: float, _pos: object = None) -> str:
@@ -195,8 +197,8 @@ def plot_decode(batch: int, overhead: float, *, latency: float, bandwidth: float
     y = np.arange(len(algorithms))[::-1]
     fixed, moving = [], []
     for algorithm in algorithms:
-        bandwidth_of = in_network_bandwidth if algorithm == "in_network" and in_network_bandwidth else bandwidth
-        total = network.tensor_parallel_decode_time(layers, d_model, ranks, bandwidth_of, latency, batch=batch,
+        own = in_network_bandwidth if algorithm == "in_network" and in_network_bandwidth else bandwidth
+        total = network.tensor_parallel_decode_time(layers, d_model, ranks, own, latency, batch=batch,
                                                     algorithm=algorithm, overhead=overhead)
         lat = network.tensor_parallel_decode_time(layers, d_model, ranks, 1e30, latency, batch=batch,
                                                   algorithm=algorithm, overhead=overhead)
@@ -234,7 +236,8 @@ def plot_message_sizes(sizes: Mapping[str, float], colours: Sequence[str]) -> Fi
 
 @styled
 def plot_alpha_beta(ranks: int, bandwidth: float, latency: float, overhead: float, *, link: str,
-                    algorithms: Sequence[str], measured: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+                    algorithms: Sequence[str],
+                    measured: Mapping[str, tuple[Sequence[float], Sequence[float]]],
                     in_network_bandwidth: float | None = None) -> Figure:
     """All-reduce time against message size S (512 B to 1 GB) on ``ranks`` ranks for each of
     ``algorithms`` (:func:`chipbook.network.allreduce_time`; ``in_network_bandwidth``, default
