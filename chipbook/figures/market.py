@@ -214,12 +214,13 @@ def plot_joint(ratio: np.ndarray, shares: pd.Series, labels: dict[str, str], tar
 
 @styled
 def plot_reality(shares: pd.DataFrame, bands: dict[str, tuple[float, float]]) -> Figure:
-    """Published inference shares (rows of data/inference_share.csv: measurements as dots, hollow
-    where the fleet was mostly not language models; forecasts as diamonds) beside ranges from the
+    """Published inference shares (rows of data/inference_share.csv: measurements as dots, filled
+    for a language-model developer's own compute and hollow for fleets that ran other models too;
+    forecasts as diamonds) beside ranges from the
     chapter's models (``bands``: label -> (low, high) share)."""
     rows = shares.sort_values("inference_share", kind="stable")
     forecast = rows["claim"].str.contains("forecast", case=False).to_numpy()
-    non_llm = (rows["workload"] == "mostly non-LLM").to_numpy()
+    non_llm = ~forecast & (rows["workload"] != "LLM").to_numpy()
     names = [f"{c.split(':')[0].replace(' forecast', '')}, {s} {int(y)}"
              for c, s, y in zip(rows["claim"], rows["scope"], rows["year"], strict=True)]
     labels = [*bands, *names]
@@ -231,7 +232,7 @@ def plot_reality(shares: pd.DataFrame, bands: dict[str, tuple[float, float]]) ->
     ax.scatter(rows["inference_share"][llm], y[llm], color=TRAIN, s=55, zorder=3,
                label="published measurement")
     ax.scatter(rows["inference_share"][non_llm], y[non_llm], facecolors="none", edgecolors=TRAIN, s=55,
-               zorder=3, label="measurement, mostly non-LLM fleet")
+               zorder=3, label="measurement, fleet not only LLMs")
     ax.scatter(rows["inference_share"][forecast], y[forecast], color=PALETTE["orange"], marker="D", s=50,
                zorder=3, label="published forecast")
     ax.plot([], [], color=SERVE, lw=9, alpha=0.75, label="this chapter's annual flows")
