@@ -109,5 +109,5 @@ def test_reality_has_a_row_for_every_band_and_published_share():
     assert len(hollow) == 1
     mixed = (shares.workload != "LLM") & ~shares.claim.str.contains("forecast", case=False)
     expected = shares.loc[mixed, "inference_share"]
-    assert len(expected) == 3
+    assert len(expected) == 4
     assert sorted(hollow[0].get_offsets()[:, 0]) == sorted(expected)
