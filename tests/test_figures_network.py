@@ -85,6 +85,15 @@ def test_layout_bars_are_the_hand_computed_seconds():
                                rtol=1e-12)
 
 
+def test_layout_zero3_sends_half_as_much_gradient_again():
+    kw = dict(params=4.05e11, layers=126, d_model=16384, tokens_per_step=2**24, tp=8, pp=16,
+              peak_flop_s=989e12, scale_up=450e9, scale_out=50e9, model="m")
+    one = [p.get_width() for p in figures.plot_layout(128, 2 / 3, 0.41, **kw).axes[0].patches]
+    three = [p.get_width() for p in figures.plot_layout(128, 2 / 3, 0.41, 3, **kw).axes[0].patches]
+    # ZeRO-3 gathers the weights again for the backward pass: 1.5 times the gradient's bytes
+    assert three[-1] == pytest.approx(1.5 * one[-1]) and three[:-1] == one[:-1]
+
+
 def test_decode_bars_split_latency_and_bandwidth():
     fig = figures.plot_decode(1, 5e-6, latency=1e-6, bandwidth=1e11, layers=10, d_model=1000, ranks=4,
                               algorithms=["ring", "one_shot"])

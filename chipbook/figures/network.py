@@ -153,16 +153,17 @@ def plot_volumes(rank_counts: Sequence[int], elements: int = 2520) -> Figure:
 
 
 @styled
-def plot_layout(dp: int, overlap: float, utilisation: float, *, params: float, layers: int, d_model: float,
-                tokens_per_step: float, tp: int, pp: int, peak_flop_s: float, scale_up: float,
-                scale_out: float, model: str) -> Figure:
+def plot_layout(dp: int, overlap: float, utilisation: float, zero_stage: int = 1, *, params: float,
+                layers: int, d_model: float, tokens_per_step: float, tp: int, pp: int, peak_flop_s: float,
+                scale_up: float, scale_out: float, model: str) -> Figure:
     """Seconds per step for one GPU of a tensor × pipeline × data layout at a fixed global batch:
     compute against each parallelism's bytes over the tier that carries it, with the step's
     efficiency when tensor parallelism runs over the scale-up domain and when it runs over the
-    scale-out network (bandwidth terms; :meth:`chipbook.network.TierTraffic.efficiency`)."""
+    scale-out network (bandwidth terms; :meth:`chipbook.network.TierTraffic.efficiency`), with
+    the gradient synchronised as ZeRO stage ``zero_stage`` does (:func:`chipbook.network.layout_traffic`)."""
     layout = network.Layout(tp=tp, cp=1, pp=pp, dp=dp)
     t = network.layout_traffic(params, layers, d_model, tokens_per_step, layout, peak_flop_s=peak_flop_s,
-                               utilisation=utilisation)
+                               utilisation=utilisation, zero_stage=zero_stage)
     bars = {"compute": (t.compute, SERVE),
             "tensor, scale-up": (t.tensor / scale_up, PALETTE["green"]),
             "tensor, scale-out": (t.tensor / scale_out, PALETTE["orange"]),
@@ -181,7 +182,8 @@ def plot_layout(dp: int, overlap: float, utilisation: float, *, params: float, l
                         overlap=overlap)
     bad = t.efficiency(tensor_bandwidth=scale_out, pipeline_bandwidth=scale_out, data_bandwidth=scale_out,
                        overlap=overlap)
-    ax.set_title(f"{model}, TP{tp} PP{pp} DP{dp}, {tokens_per_step / dp:,.0f} tokens per replica\n"
+    ax.set_title(f"{model}, TP{tp} PP{pp} DP{dp}, ZeRO-{zero_stage}, "
+                 f"{tokens_per_step / dp:,.0f} tokens per replica\n"
                  f"step efficiency: {good:.0%} with tensor parallelism inside\nthe scale-up domain, "
                  f"{bad:.0%} over the scale-out network", fontsize=10, loc="left")
     return fig
