@@ -45,6 +45,7 @@ UNITS: dict[str, tuple[str, float, float]] = {
     "us": ("number", 0, math.inf),
     "fraction": ("number", 0, 1),
     "year": ("number", 1900, 2100),
+    "W": ("number", 0, math.inf),
     "USD": ("number", 0, math.inf),
 }
 _HEADING = re.compile(r"^##\s+`?([\w.-]+\.csv)`?\s*$")

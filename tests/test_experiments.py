@@ -239,3 +239,16 @@ def test_disagreement_counts_changed_predictions_by_hand():
         want_next = np.mean(predictions(a, k) != predictions(a, (k + 1) % 2))
         assert lowprec_training.disagreement(a, b, task)[0, k] == want_same
         assert lowprec_training.disagreement(a, a, task, shift=1)[0, k] == want_next
+
+
+def test_weight_drift_is_zero_against_itself_and_measured_by_hand():
+    task = nm.make_task(0, n_train=128, n_test=64)
+    a = nm.train(nm.Recipe(), task, [1e-2, 3e-2], [0, 1], steps=5)
+    b = nm.train(nm.Recipe(compute="bf16", grad="bf16"), task, [1e-2, 3e-2], [0, 1], steps=5)
+    assert not lowprec_training.weight_drift(a, a, 32, task).any()
+    start = nm.init_params([1], task.x_train.shape[1], 32, task.classes)  # seed 1's initial weights
+    k = 3  # the model of the second learning rate and seed 1
+    moved = np.sqrt(sum(np.sum((np.float64(p[k]) - s[0]) ** 2) for p, s in zip(a.params, start, strict=True)))
+    apart = np.sqrt(sum(np.sum((np.float64(p[k]) - np.float64(q[k])) ** 2)
+                        for p, q in zip(b.params, a.params, strict=True)))
+    assert lowprec_training.weight_drift(b, a, 32, task)[1, 1] == pytest.approx(apart / moved, rel=1e-12)

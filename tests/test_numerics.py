@@ -721,3 +721,29 @@ def test_wgrad_defaults_follow_the_gradient_format():
     assert nm.Recipe(grad="fp8_e5m2", wgrad="fp32").wgrad_format == "fp32"
     with pytest.raises(ValueError, match="compute 'int8' needs scaling"):
         nm.Recipe(compute="int8")
+
+
+# --- reading a learning-rate optimum out of paired runs (chipbook.tuning) ---------------------------
+
+
+def test_lr_optimum_finds_the_vertex_of_an_exact_parabola():
+    from chipbook import tuning
+    lrs = np.array([1e-3, 3e-3, 1e-2, 3e-2])
+    centres = np.array([2e-3, 5e-3])  # one per seed: loss = (log10 lr − log10 centre)² + 0.5
+    loss = (np.log10(lrs)[:, None] - np.log10(centres)[None, :]) ** 2 + 0.5
+    assert tuning.lr_optimum(lrs, loss) == pytest.approx(centres, rel=1e-9)
+    assert np.isnan(tuning.lr_optimum(lrs[:3], -loss[:3])).all()  # opens downward: no minimum
+    with pytest.raises(ValueError, match="loss must have shape"):
+        tuning.lr_optimum(lrs[:2], loss[:2])
+
+
+def test_paired_difference_and_ratio_by_hand():
+    from chipbook import tuning
+    mean, se = tuning.paired_difference([1.0, 2.0, 4.0], [0.5, 1.0, 2.0])  # differences 0.5, 1, 2
+    assert mean == pytest.approx(3.5 / 3)
+    assert se == pytest.approx(np.sqrt(((0.5 - 7 / 6) ** 2 + (1 - 7 / 6) ** 2 + (2 - 7 / 6) ** 2) / 2 / 3))
+    ratio, rel_se = tuning.paired_ratio([2.0, 8.0], [1.0, 2.0])  # ratios 2 and 4: geometric mean √8
+    assert ratio == pytest.approx(np.sqrt(8.0))
+    assert rel_se == pytest.approx(np.log(2.0) / 2)  # |log 4 − log 2| / 2 = sd / √2 with sd = log2/√2
+    with pytest.raises(ValueError, match="paired vectors"):
+        tuning.paired_difference([1.0, 2.0], [1.0])

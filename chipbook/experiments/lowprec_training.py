@@ -61,7 +61,9 @@ _SWITCH = {"bf16 + fp32 master (reference)": _BF16,
            "tf32 products, fp32 gradients": {"compute": "tf32"},
            "fp16 with dynamic loss scaling": {**_FP16, "loss_scale": "dynamic"},
            "bf16 weights, stochastic rounding, no master": {**_BF16, "weights": "bf16",
-                                                            "rounding": "stochastic"}}
+                                                            "rounding": "stochastic"},
+           # the positive control: a change the sweep showed to move the optimum
+           "bf16 weights, round to nearest, no master": {**_BF16, "weights": "bf16"}}
 #: the formats of serving and of training in them: the forward pass's casts (weights and activations)
 FORMATS = {"int8": {"compute": "int8", "grad": "bf16", "scaling": "tensor"},
            "fp8 E4M3": {"compute": "fp8_e4m3", "grad": "fp8_e5m2", "scaling": "tensor"},
@@ -115,6 +117,10 @@ _GRID = [
       for name, fmt in FORMATS.items()],
     *[{"group": "kept", "label": name, "recipe": {**fmt, **_KEPT[name]}, "lrs": _BEST, "train": _SCHEDULE}
       for name, fmt in FORMATS.items()],
+    # the same, and fp32, at ten times fp32's best learning rate (four grid steps up)
+    {"group": "kept_fast", "label": "fp32", "recipe": {}, "lrs": [_grid(BEST + 4)], "train": _SCHEDULE},
+    *[{"group": "kept_fast", "label": name, "recipe": {**fmt, **_KEPT[name]}, "lrs": [_grid(BEST + 4)],
+       "train": _SCHEDULE} for name, fmt in FORMATS.items()],
 ]
 
 CONFIG = {

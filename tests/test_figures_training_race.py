@@ -1,0 +1,54 @@
+"""The final chapter's figures, read back from their artists."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from matplotlib.colors import to_hex
+
+from chipbook import training_race as race
+from chipbook.figures import training_race as figures
+
+
+def _outcome(name, days, binds):
+    return race.Outcome(name, 1, 1, 1, "", 0, 0, 0, 1, days, binds)
+
+
+def test_binding_bars_show_days_and_colours():
+    rows = [_outcome("a", 100.0, "compute"), _outcome("b", math.nan, "numerics"),
+            _outcome("c", 300.0, "scale-out bandwidth")]
+    fig = figures.plot_binding(rows, 90)
+    ax = fig.axes[0]
+    bars = ax.patches
+    assert len(bars) == 2
+    ends = sorted(b.get_x() + b.get_width() for b in bars)
+    np.testing.assert_allclose(ends, [100.0, 300.0])
+    colours = {to_hex(b.get_facecolor()) for b in bars}
+    expected = {figures.BIND_COLOURS[b].lower() for b in ("compute", "scale-out bandwidth")}
+    assert colours == expected
+    assert any("numerics" in t.get_text() for t in ax.texts)
+    assert ax.get_lines()[0].get_xdata()[0] == pytest.approx(90)
+
+
+def test_switching_lines_follow_the_formula():
+    spends = np.geomspace(1e8, 1e10, 5)
+    curve = race.required_speedup(spends, porting_cost=1e8, retune_share=0.05, failure_probability=0.1,
+                                  failure_share=0.3, years=3)
+    fig = figures.plot_switching(spends, {"x": curve}, {"chip": 1.3})
+    ax = fig.axes[0]
+    line = ax.get_lines()[0]
+    # by hand at $1B: 1 / (1 - (0.1 + 0.05 + 0.03) / 3)
+    assert line.get_ydata()[2] == pytest.approx(1 / (1 - 0.18 / 3))
+    assert ax.get_lines()[1].get_ydata()[0] == pytest.approx(1.3)
+
+
+def test_design_bars_read_back():
+    fig = figures.plot_design(2e6, 1e6, 500.0, 24.0, "compute")
+    left, right = fig.axes
+    np.testing.assert_allclose([p.get_height() for p in left.patches], [1e6, 2e6])
+    np.testing.assert_allclose([p.get_height() for p in right.patches], [24.0, 500.0])
+    cannot = figures.plot_design(math.nan, 1e6, 500.0, 24.0, "capacity")
+    assert len(cannot.axes[0].patches) == 1
+    assert any("capacity" in t.get_text() for t in cannot.axes[0].texts)
