@@ -56,7 +56,7 @@ def main() -> None:
                      "max_rel_diff": f"{got['max_rel_diff']:.3g}",
                      "bit_identical": f"{got['bit_identical']:.4f}",
                      "reference": f"torch {torch.__version__} CPU, foreach=False",
-                     "source": "pytorch2024nadam",
+                     "source": {"nadam": "pytorch2024nadam", "adam": "pytorch2024adam"}[name],
                      "note": f"measured by scripts/optimizer_crosscheck.py; numpy {np.__version__}; "
                              f"{machine}"})
     with OUT.open("w", newline="") as f:

@@ -112,6 +112,10 @@ _GRID = [
     *_points("accumulator", _ACCUMULATOR, [3e-3], train=WIDE),
     *[{**p, "compare_to": _BF16}
       for p in _points("switch", _SWITCH, [_grid(BEST + k) for k in (-1, 0, 1)], train=SWEEP_TRAIN)],
+    # fp16 where its loss scaler works: each rank's loss averaging a language model's 2^15 terms
+    {"group": "switch", "label": "fp16 with dynamic loss scaling, D = 32768",
+     "recipe": {**_FP16, "loss_scale": "dynamic"}, "lrs": [_grid(BEST + k) for k in (-1, 0, 1)],
+     "train": {**SWEEP_TRAIN, "loss_divisor": 2**15}, "compare_to": _BF16},
     {"group": "serve", "label": "fp32", "recipe": {}, "lrs": _BEST, "train": _SCHEDULE, "serve": FORMATS},
     *[{"group": "master", "label": name, "recipe": fmt, "lrs": _BEST, "train": _SCHEDULE}
       for name, fmt in FORMATS.items()],
