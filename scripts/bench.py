@@ -59,11 +59,11 @@ BIN = Path(sys.executable).parent
 ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 
 # The budgets of BOOK_GUIDE.md.
-NOTEBOOK_S = 20.0
+NOTEBOOK_S = 10.0
 NBVAL_S = 60.0
 BUILD_S = 90.0
-PAGE_BYTES = 3e6
-MOVE_MS = 50.0
+PAGE_BYTES = 2e6
+MOVE_MS = 30.0
 FIRST_VISIT_BYTES = 2e6  # compressed as served
 #: What a static host (GitHub Pages, nginx, a CDN) compresses before sending: text, scripts, styles,
 #: data and SVG. Images and woff2 fonts are compressed already and go as they are.
