@@ -1,5 +1,6 @@
-"""The book's verdicts on the essay's claims, kept in one place (``data/verdicts.csv``), and the claim
-map that the first page draws from them.
+"""The book's verdicts on the essay's claims, kept in one place (``book/verdicts.csv``), and the claim
+map that the first page draws from them. The file holds the book's own conclusions, not facts from a
+source, so it lives with the book's pages rather than under data/.
 
 Each row of the file is one claim of the essay: the part of its argument it belongs to, the claim in
 our words, the verdict on a fixed scale (:data:`SCALE`), one line on what the essay gets right or
@@ -14,19 +15,20 @@ test can hold the file and the chapters to the same verdicts.
 
 from __future__ import annotations
 
+import csv
 import html
 import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 from chipbook import data
 from chipbook.lab import glued
 
 NOTEBOOKS = data.ROOT / "notebooks"
+VERDICTS = data.ROOT / "book" / "verdicts.csv"
 #: The fixed scale of verdicts, from the essay's side to the untested.
 SCALE = ("supported", "partly supported", "contradicted", "not testable here", "not tested")
 #: The parts of the essay's argument: its three reasons and its conclusion (and its other claims).
@@ -45,7 +47,7 @@ _BOLD = re.compile(r"\*\*(.+?)\*\*", re.DOTALL)
 
 @dataclass(frozen=True)
 class Claim:
-    """One row of data/verdicts.csv."""
+    """One row of book/verdicts.csv."""
 
     claim: str
     part: str
@@ -57,22 +59,28 @@ class Claim:
 
 
 def load() -> list[Claim]:
-    """The claims of data/verdicts.csv in order, each verdict checked against :data:`SCALE`, each part
-    against :data:`PARTS`, and each tested claim's chapter against the notebooks."""
+    """The claims of book/verdicts.csv in order, each verdict checked against :data:`SCALE`, each part
+    against :data:`PARTS`, each tested claim's chapter against the notebooks; a bad row raises
+    DataError naming its line."""
+    columns = [field.name for field in Claim.__dataclass_fields__.values()]
     claims = []
-    for index, row in enumerate(data.load("verdicts").fillna("").to_dict("records")):
-        claim = Claim(**{key: str(value) for key, value in row.items()})
-        where = f"data/verdicts.csv row {index + 1} ({claim.claim})"
-        if claim.verdict not in SCALE:
-            raise data.DataError(f"{where}: verdict must be one of {SCALE}, got {claim.verdict!r}")
-        if claim.part not in PARTS:
-            raise data.DataError(f"{where}: part must be one of {sorted(PARTS)}, got {claim.part!r}")
-        tested = claim.verdict not in ("not testable here", "not tested")
-        if tested and not (NOTEBOOKS / f"{claim.chapter}.ipynb").is_file():
-            raise data.DataError(f"{where}: chapter must name a notebook, got {claim.chapter!r}")
-        claims.append(claim)
+    with VERDICTS.open(encoding="utf-8", newline="") as file:
+        reader = csv.DictReader(file)
+        if reader.fieldnames != columns:
+            raise data.DataError(f"{VERDICTS.name}:1: header must be {columns}, got {reader.fieldnames}")
+        for row in reader:
+            where = f"{VERDICTS.name}:{reader.line_num}"
+            claim = Claim(**row)
+            if claim.verdict not in SCALE:
+                raise data.DataError(f"{where}: verdict must be one of {SCALE}, got {claim.verdict!r}")
+            if claim.part not in PARTS:
+                raise data.DataError(f"{where}: part must be one of {sorted(PARTS)}, got {claim.part!r}")
+            tested = claim.verdict not in ("not testable here", "not tested")
+            if tested and not (NOTEBOOKS / f"{claim.chapter}.ipynb").is_file():
+                raise data.DataError(f"{where}: chapter must name a notebook, got {claim.chapter!r}")
+            claims.append(claim)
     if len({c.claim for c in claims}) != len(claims):
-        raise data.DataError("data/verdicts.csv: claim identifiers must be unique")
+        raise data.DataError(f"{VERDICTS.name}: claim identifiers must be unique")
     return claims
 
 
@@ -111,25 +119,30 @@ def _markdown(source: Any) -> str:
     return "".join(source) if isinstance(source, list) else str(source)
 
 
-def stated_verdicts(chapter: str) -> dict[str, str]:
-    """The verdict the chapter states for each claim, read from the bold lead-ins of its "Verdict"
-    section: the first claim identifier in a bold span, and the first verdict of :data:`SCALE` after
-    it (the longest phrase where two overlap, "partly supported" before "supported")."""
-    prose = "\n".join(_markdown(cell["source"]) for cell in _notebook(chapter)["cells"]
-                      if cell["cell_type"] == "markdown")
+def verdicts_in(prose: str) -> dict[str, str]:
+    """The verdict a chapter's prose states for each claim, read from the bold lead-ins of its
+    "## Verdict" section: the first claim identifier (1a, 2b, …) in a bold span, and the first verdict
+    of :data:`SCALE` after it (the longest phrase where two overlap, "partly supported" before
+    "supported"). A claim stated twice keeps its first verdict."""
     start = re.search(r"^## Verdict.*$", prose, re.MULTILINE)
     if start is None:
-        raise ValueError(f"chapter {chapter!r} has no '## Verdict' section")
+        raise ValueError("prose must have a '## Verdict' section")
     section = prose[start.end():]
     end = re.search(r"^#{1,2} ", section, re.MULTILINE)
     section = section[:end.start()] if end else section
-    stated = {}
+    stated: dict[str, str] = {}
     for span in _BOLD.findall(section):
         claim = _CLAIM.search(span)
         verdict = _VERDICT.search(span.lower(), claim.end()) if claim else None
         if claim and verdict:
             stated.setdefault(claim[1], verdict[0])
     return stated
+
+
+def stated_verdicts(chapter: str) -> dict[str, str]:
+    """The verdicts the chapter's "Verdict" section states (:func:`verdicts_in`), by claim."""
+    return verdicts_in("\n".join(_markdown(cell["source"]) for cell in _notebook(chapter)["cells"]
+                                  if cell["cell_type"] == "markdown"))
 
 
 def section_ids(chapter: str) -> set[str]:
@@ -159,10 +172,12 @@ def card(claim: Claim, values: Mapping[str, str], *, page: str = "../notebooks")
     if claim.chapter:
         href = f"{page}/{claim.chapter}.html" + (f"#{claim.target}" if claim.target else "")
         title = claim.chapter.split("-", 1)[1].replace("-", " ").capitalize()
-        link = f'<a class="chipbook-card-link" href="{html.escape(href)}">{html.escape(title)}: see where this is decided</a>'
+        link = (f'<a class="chipbook-card-link" href="{html.escape(href)}">'
+                f"{html.escape(title)}: see where this is decided</a>")
     return (f'<div class="chipbook-card" data-claim="{html.escape(claim.claim)}" '
             f'data-verdict="{html.escape(claim.verdict)}">'
-            f'<div class="chipbook-card-head"><span class="chipbook-card-id">{html.escape(claim.claim)}</span>'
+            f'<div class="chipbook-card-head">'
+            f'<span class="chipbook-card-id">{html.escape(claim.claim)}</span>'
             f"{_badge(claim.verdict)}</div>"
             f'<p class="chipbook-card-claim">{html.escape(claim.statement)}</p>'
             f'<p class="chipbook-card-finding">{html.escape(finding(claim, values))}</p>{link}</div>')
