@@ -214,7 +214,8 @@ def markdown_table(name: str) -> str:
 
     def table(raw: bool) -> list[str]:
         shown = {c: c if raw else c.replace("_", " ") for c in frame.columns}
-        header = [shown[c] if units[c] in ("text", "bibkey") else f"{shown[c]} ({units[c]})" for c in frame.columns]
+        header = [shown[c] if units[c] in ("text", "bibkey") else f"{shown[c]} ({units[c]})"
+                  for c in frame.columns]
         lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
         for _, row in frame.iterrows():
             lines.append("| " + " | ".join(cell(row[c], units[c], raw) for c in frame.columns) + " |")
