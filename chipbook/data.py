@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from chipbook import fmt
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT / "data"
 RESULTS_DIR = DATA_DIR / "results"
@@ -173,28 +175,55 @@ def names() -> list[str]:
     return sorted(f[:-4] for f in schemas())
 
 
+def readable_number(value: float, unit: str) -> str:
+    """A number of a data file as the chapters write it: a year as is, whole numbers below a million
+    with thousands separators (12,288), larger values in words (7.0 billion, 175 billion) up to the
+    quadrillions and as a power of ten beyond (3.8 × 10²⁵), others to four significant digits; as
+    many digits as the stored value has (two at least, four at most)."""
+    if unit not in UNITS or UNITS[unit][0] != "number":
+        raise ValueError(f"unit must be a numeric unit of {sorted(UNITS)}, got {unit!r}")
+    if unit == "year":
+        return f"{int(value)}"
+    if value == int(value) and abs(value) < 1e6:
+        return f"{int(value):,}"
+    mantissa = f"{abs(value):.4e}".split("e")[0].replace(".", "").rstrip("0")
+    digits = min(4, max(2, len(mantissa)))
+    if abs(value) >= 1e18:
+        return fmt.sci(value, digits)
+    if abs(value) >= 1e6:
+        return fmt.words(value, digits)
+    return f"{value:.4g}"
+
+
 def markdown_table(name: str) -> str:
-    """``data/<name>.csv`` as a MyST Markdown table in a ``chipbook-data`` block (which the book's
-    style sheet lets scroll sideways): units in the header, whole numbers below a million written
-    out, other numbers to four significant digits, blank cells as "–", and each source as a
-    citation of its bibliography entry."""
+    """``data/<name>.csv`` as MyST Markdown: a table in a ``chipbook-data`` block (which the book's
+    style sheet lets scroll sideways) with readable headers (units in brackets), numbers as
+    :func:`readable_number` writes them, blank cells as "–" and each source as a citation of its
+    bibliography entry; then, in a dropdown, the same table with the values as the file stores them."""
     frame = load(name)
     units = frame.attrs["units"]
 
-    def cell(value, unit: str) -> str:
+    def cell(value, unit: str, raw: bool) -> str:
         if pd.isna(value):
             return "–"
         if unit == "bibkey":
             return f"{{cite:p}}`{value}`"
         if UNITS[unit][0] == "number":
-            return f"{int(value)}" if value == int(value) and abs(value) < 1e6 else f"{value:.4g}"
+            return (f"{int(value)}" if value == int(value) and abs(value) < 1e6 else f"{value:g}") if raw \
+                else readable_number(value, unit)
         return str(value).replace("|", "\\|")
 
-    header = [c if units[c] in ("text", "bibkey") else f"{c} ({units[c]})" for c in frame.columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for _, row in frame.iterrows():
-        lines.append("| " + " | ".join(cell(row[c], units[c]) for c in frame.columns) + " |")
-    return "\n".join([":::{div} chipbook-data", *lines, ":::"])
+    def table(raw: bool) -> list[str]:
+        shown = {c: c if raw else c.replace("_", " ") for c in frame.columns}
+        header = [shown[c] if units[c] in ("text", "bibkey") else f"{shown[c]} ({units[c]})"
+                  for c in frame.columns]
+        lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+        for _, row in frame.iterrows():
+            lines.append("| " + " | ".join(cell(row[c], units[c], raw) for c in frame.columns) + " |")
+        return [":::{div} chipbook-data", *lines, ":::"]
+
+    return "\n".join([*table(raw=False), "", "::::{dropdown} The values as the file stores them",
+                      *table(raw=True), "::::"])
 
 
 # --- results of the experiment tier -----------------------------------------------------------------

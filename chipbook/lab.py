@@ -2,7 +2,8 @@
 place, with no change to the notebooks' Markdown.
 
 The chapters write their prose for myst-nb: a number is a glue role (``{glue:md}`name```), a figure a
-``{glue:figure}`` directive, a citation ``{cite:p}`key```, a link to a chapter ``{doc}`Title <file>```.
+``{glue:figure}`` directive, a citation ``{cite:p}`key```, a link to a chapter ``{doc}`Title <file>```,
+a glossary term ``{term}`text <Term>``` (shown in Lab as its text).
 The HTML build resolves them. jupyterlab-myst, which renders MyST Markdown in JupyterLab (directives,
 math, equation references), does not know glue (jupyterlab-myst issue 165) and has no bibliography, so
 a reader in JupyterLab would read ``{glue:md}`ex1_small``` where the number belongs.
@@ -33,7 +34,7 @@ from typing import Any
 METADATA_KEY = "chipbook_lab"
 GLUE_PREFIX = "application/papermill.record/"
 
-_ROLE = re.compile(r"\{(?P<role>glue(?::md|:text)?|cite(?::p|:t)?|doc|eq)\}`(?P<text>[^`]*)`")
+_ROLE = re.compile(r"\{(?P<role>glue(?::md|:text)?|cite(?::p|:t)?|doc|eq|term)\}`(?P<text>[^`]*)`")
 #: A displayed equation, as jupyterlab-myst numbers them: a {math} directive (its :label: option) or
 #: a $$ block with a "(label)" after it.
 _EQUATION = re.compile(r"^(?:`{3,}|:{3,})\{math\}[^\n]*\n"
@@ -249,6 +250,9 @@ def present_markdown(source: str, context: Context) -> str:
             return cite(text, context.references, textual=kind == "cite:t")
         if kind == "eq":
             return context.equation(text.strip()) or match.group(0)
+        if kind == "term":  # the glossary is a page of the HTML book: Lab shows the word itself
+            titled = _TITLED.match(text.strip())
+            return titled["title"] if titled else text.strip()
         return context.doc_link(text)
 
     return _ROLE.sub(role, source)

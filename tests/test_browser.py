@@ -269,3 +269,41 @@ def _check_download_hint(code: str, source: str, folder: Path) -> None:
     assert bare.returncode != 0, f"the first cell of the download of {source} ran without chipbook"
     assert "ModuleNotFoundError" in bare.stderr and "make lab" in bare.stderr, (
         f"without chipbook, the first cell of the download of {source} fails with: {bare.stderr[-500:]}")
+
+
+# --- the claim map on the first page ---------------------------------------------------------------
+
+INTRO = "book/intro.html"
+
+
+def test_claim_map_reads_as_cards_with_the_verdicts_file(base_url: str, screen_page: Page) -> None:
+    """One card per row of book/verdicts.csv, each with its verdict's badge; on a phone the cards
+    stack one to a line, each near the screen's width, and nothing overflows sideways."""
+    from chipbook import verdicts
+
+    claims = verdicts.load()
+    open_page(screen_page, base_url + INTRO)
+    cards = screen_page.locator(".chipbook-card")
+    expect(cards).to_have_count(len(claims))
+    shown = screen_page.evaluate(
+        "() => [...document.querySelectorAll('.chipbook-card')].map((c) => [c.dataset.claim,"
+        " c.querySelector('.chipbook-badge').textContent, c.getBoundingClientRect().left,"
+        " c.getBoundingClientRect().width])")
+    assert {claim: badge.lower() for claim, badge, _, _ in shown} == {c.claim: c.verdict for c in claims}
+    width = screen_page.evaluate("() => window.innerWidth")
+    overflow = screen_page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 1, f"the first page scrolls sideways by {overflow} px at {width} px"
+    if width <= 400:
+        assert len({round(left) for _, _, left, _ in shown}) == 1, "cards do not stack in one column"
+        assert min(w for _, _, _, w in shown) >= 0.75 * width, "cards are squeezed on a phone"
+
+
+def test_claim_map_links_land_on_the_deciding_section_or_figure() -> None:
+    """Every card's link names a page of the site and an id on that page."""
+    page = HTML[INTRO]
+    links = re.findall(r'class="chipbook-card-link" href="([^"]+)"', page)
+    assert links, "the claim map has no links"
+    for link in links:
+        target, _, anchor = urljoin(INTRO, link).partition("#")
+        assert target in HTML, f"{link} names no page of the site"
+        assert anchor and f'id="{anchor}"' in HTML[target], f"{link}: no id {anchor!r} on {target}"

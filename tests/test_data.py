@@ -343,15 +343,34 @@ def test_head_dim_matches_the_width_where_it_should(frames):
 def test_markdown_table_renders_every_row_with_citations():
     frame = data.load("models")
     block = data.markdown_table("models").splitlines()
-    assert block[0] == ":::{div} chipbook-data" and block[-1] == ":::"
-    table = block[1:-1]
-    assert len(table) == 2 + len(frame)
-    assert table[0].count("|") == len(frame.columns) + 1
-    assert "params (count)" in table[0] and "| source |" in table[0]
-    for line, (_, row) in zip(table[2:], frame.iterrows(), strict=True):
-        assert line.startswith(f"| {row['model']} |")
-        assert f"{{cite:p}}`{row['source']}`" in line
-    chinchilla = next(line for line in table if line.startswith("| Chinchilla"))
-    assert "| – |" in chinchilla  # its context is blank in the CSV
-    gpt3 = table[2]
-    assert "| 12288 |" in gpt3 and "| 1.75e+11 |" in gpt3  # whole numbers written out below a million
+    split = block.index("::::{dropdown} The values as the file stores them")
+    readable, raw = block[:split - 1], block[split + 1:-1]
+    for part in (readable, raw):
+        assert part[0] == ":::{div} chipbook-data" and part[-1] == ":::"
+        table = part[1:-1]
+        assert len(table) == 2 + len(frame)
+        assert table[0].count("|") == len(frame.columns) + 1
+        assert "params (count)" in table[0] and "| source |" in table[0]
+        for line, (_, row) in zip(table[2:], frame.iterrows(), strict=True):
+            assert line.startswith(f"| {row['model']} |")
+            assert f"{{cite:p}}`{row['source']}`" in line
+        chinchilla = next(line for line in table if line.startswith("| Chinchilla"))
+        assert "| – |" in chinchilla  # its context is blank in the CSV
+    assert "train tokens (tokens)" in readable[1] and "train_tokens (tokens)" in raw[1]
+    gpt3_readable, gpt3_raw = readable[3], raw[3]
+    assert "| 12,288 |" in gpt3_readable and "| 175 billion |" in gpt3_readable
+    assert "| 12288 |" in gpt3_raw and "| 1.75e+11 |" in gpt3_raw
+
+
+@pytest.mark.parametrize(("value", "unit", "expected"), [
+    (7e9, "count", "7.0 billion"), (1.75e11, "count", "175 billion"), (12288, "count", "12,288"),
+    (2024, "year", "2024"), (3.14e23, "FLOP", "3.14 × 10²³"), (0.38, "fraction", "0.38"),
+    (1.5e6, "tokens", "1.5 million"), (989.4, "TFLOP/s", "989.4"),
+])
+def test_readable_numbers_are_written_as_the_chapters_write_them(value, unit, expected):
+    assert data.readable_number(value, unit) == expected
+
+
+def test_readable_number_refuses_a_text_unit():
+    with pytest.raises(ValueError, match="unit"):
+        data.readable_number(1.0, "text")

@@ -92,6 +92,8 @@ def test_bibliography_gives_author_year(references) -> None:
     ("See {doc}`02-other`.", "See [Other chapter](02-other.ipynb)."),
     ("Equation {eq}`eq-other` there.", "Equation [(2)](02-other.ipynb) there."),
     ("Missing {glue:md}`nothing`.", "Missing [nothing: not computed; run the notebook]."),
+    ("The {term}`KV cache <KV cache>` grows.", "The KV cache grows."),
+    ("Read {term}`MFU` as utilisation.", "Read MFU as utilisation."),
 ])
 def test_roles_read_as_in_the_html(text: str, expected: str, references, folder) -> None:
     assert _shown(text, references, folder) == expected
@@ -132,7 +134,7 @@ def test_every_chapter_reads_without_glue_cite_or_doc_roles(chapter: Path) -> No
     for cell in notebook["cells"]:
         if cell["cell_type"] == "markdown":
             text = "".join(cell["source"])
-            for marker in ("{glue", "{cite", "{doc}", "not computed; run the notebook", "?])"):
+            for marker in ("{glue", "{cite", "{doc}", "{term}", "not computed; run the notebook", "?])"):
                 assert marker not in text, f"{chapter.name}: {marker!r} left in {text[:200]!r}"
 
 
