@@ -80,13 +80,14 @@ def glued(notebook: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return values
 
 
-def _text(data: Any) -> str:
-    """An output's data as one string (nbformat may store it as a list of lines)."""
+def as_text(data: Any) -> str:
+    """An output's data or a cell's source as one string (nbformat may store it as a list of lines)."""
     return "".join(data) if isinstance(data, list) else str(data)
 
 
-def _source(cell: Mapping[str, Any]) -> str:
-    return _text(cell.get("source", ""))
+def cell_source(cell: Mapping[str, Any]) -> str:
+    """A notebook cell's source as one string."""
+    return as_text(cell.get("source", ""))
 
 
 def equation_numbers(notebook: Mapping[str, Any]) -> dict[str, int]:
@@ -98,7 +99,7 @@ def equation_numbers(notebook: Mapping[str, Any]) -> dict[str, int]:
     for cell in notebook.get("cells", []):
         if cell.get("cell_type") != "markdown":
             continue
-        for match in _EQUATION.finditer(_source(cell)):
+        for match in _EQUATION.finditer(cell_source(cell)):
             count += 1
             label = match["label"] or match["dollar"]
             if label:
@@ -111,7 +112,7 @@ def notebook_title(notebook: Mapping[str, Any]) -> str | None:
     _check_notebook(notebook)
     for cell in notebook.get("cells", []):
         if cell.get("cell_type") == "markdown":
-            heading = _HEADING.search(_source(cell))
+            heading = _HEADING.search(cell_source(cell))
             if heading:
                 return heading.group(1).strip()
     return None
@@ -204,8 +205,8 @@ class Context:
         if value is None:
             return f"[{name}: not computed; run the notebook]"
         if markdown and "text/markdown" in value:
-            return _text(value["text/markdown"])
-        text = _text(value.get("text/plain", "")).strip()
+            return as_text(value["text/markdown"])
+        text = as_text(value.get("text/plain", "")).strip()
         return format(float(text), spec) if spec else text
 
     def doc_link(self, text: str) -> str:
@@ -229,7 +230,7 @@ class Context:
         mime = next((m for m in _IMAGES if m in value), None)
         if mime is None:
             return f"[figure {name}: not computed; run the notebook]"
-        data = _text(value[mime]).replace("\n", "")
+        data = as_text(value[mime]).replace("\n", "")
         if mime == "image/svg+xml":
             data = base64.b64encode(data.encode()).decode()
         return f":::{{figure}} data:{mime};base64,{data}\n{body}:::"
@@ -276,7 +277,7 @@ def present(notebook: dict[str, Any], references: Mapping[str, Reference], folde
     for cell in notebook.get("cells", []):
         if cell.get("cell_type") != "markdown":
             continue
-        original = _source(cell)
+        original = cell_source(cell)
         shown = present_markdown(original, context)
         if shown != original:
             cell["source"] = shown
@@ -291,5 +292,5 @@ def restore(notebook: dict[str, Any]) -> None:
     _check_notebook(notebook)
     for cell in notebook.get("cells", []):
         kept = cell.get("metadata", {}).pop(METADATA_KEY, None)
-        if kept is not None and _digest(_source(cell)) == kept["shown"]:
+        if kept is not None and _digest(cell_source(cell)) == kept["shown"]:
             cell["source"] = kept["source"]

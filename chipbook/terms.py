@@ -14,6 +14,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from chipbook.lab import cell_source
+
 #: Each glossary term and the pattern of its uses. An all-capitals or digit pattern matches as
 #: written; a word pattern matches in any case.
 TERMS: dict[str, str] = {
@@ -68,11 +70,6 @@ _NOT_PROSE = re.compile(
 _TERM_ROLE = re.compile(r"\{term\}`(?P<text>[^`<]*?)\s*(?:<(?P<target>[^`>]+)>)?`")
 
 
-def _source(cell: Mapping[str, Any]) -> str:
-    source = cell.get("source", "")
-    return "".join(source) if isinstance(source, list) else str(source)
-
-
 def linked_terms(text: str) -> set[str]:
     """The glossary terms (lower case, as Sphinx matches them) that ``text``'s {term} roles name."""
     return {(m["target"] or m["text"]).strip().lower() for m in _TERM_ROLE.finditer(text)}
@@ -115,13 +112,13 @@ def link_terms(notebook: dict[str, Any], terms: Mapping[str, str] | None = None)
         raise ValueError("notebook must be a notebook's JSON dictionary, with a list of cells under 'cells'")
     patterns = _PATTERNS if terms is None else {t: re.compile(p) for t, p in terms.items()}
     cells = [cell for cell in notebook["cells"] if cell.get("cell_type") == "markdown"]
-    already = set().union(*(linked_terms(_source(cell)) for cell in cells))
+    already = set().union(*(linked_terms(cell_source(cell)) for cell in cells))
     pending = {term: pattern for term, pattern in patterns.items() if term.lower() not in already}
     changed = 0
     for cell in cells:
         if not pending:
             break
-        original = _source(cell)
+        original = cell_source(cell)
         linked = _link_cell(original, pending)
         if linked != original:
             cell["source"] = linked

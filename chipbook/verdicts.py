@@ -25,7 +25,7 @@ from functools import cache
 from typing import Any
 
 from chipbook import data
-from chipbook.lab import glued
+from chipbook.lab import as_text, glued
 
 NOTEBOOKS = data.ROOT / "notebooks"
 VERDICTS = data.ROOT / "book" / "verdicts.csv"
@@ -98,9 +98,9 @@ def chapter_values(chapter: str) -> dict[str, str]:
     values = {}
     for name, mimes in glued(_notebook(chapter)).items():
         if "text/markdown" in mimes:
-            values[name] = _markdown(mimes["text/markdown"]).strip()
+            values[name] = as_text(mimes["text/markdown"]).strip()
         elif "text/plain" in mimes:  # a repr: a string's quotes are not part of the value
-            text = _markdown(mimes["text/plain"]).strip()
+            text = as_text(mimes["text/plain"]).strip()
             values[name] = text[1:-1] if len(text) > 1 and text[0] == text[-1] == "'" else text
     return values
 
@@ -113,10 +113,6 @@ def finding(claim: Claim, values: Mapping[str, str]) -> str:
                              f"{claim.chapter or 'no chapter'} does not glue")
         return values[match[1]]
     return _PLACEHOLDER.sub(value, claim.finding)
-
-
-def _markdown(source: Any) -> str:
-    return "".join(source) if isinstance(source, list) else str(source)
 
 
 def verdicts_in(prose: str) -> dict[str, str]:
@@ -141,7 +137,7 @@ def verdicts_in(prose: str) -> dict[str, str]:
 
 def stated_verdicts(chapter: str) -> dict[str, str]:
     """The verdicts the chapter's "Verdict" section states (:func:`verdicts_in`), by claim."""
-    return verdicts_in("\n".join(_markdown(cell["source"]) for cell in _notebook(chapter)["cells"]
+    return verdicts_in("\n".join(as_text(cell["source"]) for cell in _notebook(chapter)["cells"]
                                   if cell["cell_type"] == "markdown"))
 
 
@@ -154,7 +150,7 @@ def section_ids(chapter: str) -> set[str]:
     for cell in _notebook(chapter)["cells"]:
         if cell["cell_type"] != "markdown":
             continue
-        source = _markdown(cell["source"])
+        source = as_text(cell["source"])
         ids |= {make_id(h) for h in re.findall(r"^#{1,6}\s+(.+?)\s*$", source, re.MULTILINE)}
         ids |= set(re.findall(r"^:name:\s*(\S+)", source, re.MULTILINE))
     return ids
@@ -201,6 +197,6 @@ def reading_minutes(chapter: str, words_per_minute: int = 200) -> int:
     for technical text."""
     if words_per_minute <= 0:
         raise ValueError(f"words_per_minute must be positive, got {words_per_minute}")
-    words = sum(len(_markdown(cell["source"]).split()) for cell in _notebook(chapter)["cells"]
+    words = sum(len(as_text(cell["source"]).split()) for cell in _notebook(chapter)["cells"]
                 if cell["cell_type"] == "markdown")
     return 5 * -(-words // (5 * words_per_minute))
