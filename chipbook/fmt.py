@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
 from chipbook import _checks
@@ -63,8 +64,10 @@ def _significant(value: float, digits: int) -> str:
 
 
 def frame(table: pd.DataFrame, digits: int = 3, missing: str = "–") -> pd.DataFrame:
-    """``table`` for display: every number to ``digits`` significant digits (scientific notation
-    where that is shorter, as in ``f"{x:.3g}"``), missing values as ``missing``, text unchanged."""
+    """``table`` for display, written as the prose writes numbers: whole numbers below ten million
+    exactly with thousands separators (30,674), other numbers to ``digits`` significant digits
+    (0.618, 1,670), very large or small ones as powers of ten (3.15 × 10²³), truth values as
+    yes/no, missing values as ``missing``, text unchanged."""
     _checks.count("digits", digits)
 
     def cell(value):
@@ -72,6 +75,15 @@ def frame(table: pd.DataFrame, digits: int = 3, missing: str = "–") -> pd.Data
             return value
         if value is None or pd.isna(value):
             return missing
-        return f"{value:.{digits}g}"
+        if isinstance(value, bool | np.bool_):
+            return "yes" if value else "no"
+        value = float(value)
+        if math.isinf(value):
+            return "∞" if value > 0 else "−∞"
+        if value != 0 and not 1e-3 <= abs(value) < 1e7:
+            return sci(value, digits)
+        if value.is_integer():
+            return f"{int(value):,}"
+        return _significant(value, digits)
 
     return table.map(cell)

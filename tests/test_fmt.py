@@ -75,7 +75,17 @@ def test_bad_digits(func):
 def test_frame_formats_numbers_and_keeps_text():
     import pandas as pd
 
-    table = pd.DataFrame({"name": ["a", "b"], "x": [3.14159e23, float("nan")], "n": [1234, 5]})
+    table = pd.DataFrame({"name": ["a", "b", "c"], "x": [3.14159e23, float("nan"), 0.61849],
+                          "n": [30674, 5, 12_345_678], "ok": [True, False, True],
+                          "f": [1670.4, 2.0, 4.2e-5], "inf": [math.inf, -math.inf, 0.0]})
     shown = fmt.frame(table, digits=3)
-    assert shown.to_dict("list") == {"name": ["a", "b"], "x": ["3.14e+23", "–"], "n": ["1.23e+03", "5"]}
+    assert shown.to_dict("list") == {
+        "name": ["a", "b", "c"],
+        "x": ["3.14 × 10²³", "–", "0.618"],
+        "n": ["30,674", "5", "1.23 × 10⁷"],
+        "ok": ["yes", "no", "yes"],
+        "f": ["1,670", "2", "4.20 × 10⁻⁵"],
+        "inf": ["∞", "−∞", "0"],
+    }
     assert fmt.frame(table, missing="n/a").loc[1, "x"] == "n/a"
+    assert "e+" not in fmt.frame(table).to_string()
