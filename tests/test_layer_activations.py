@@ -1,0 +1,79 @@
+"""The layer-activation measurement counts what autograd saves (checked on functions whose saved tensors
+are known by hand), and its committed result reconciles with the chapter's activation models
+(Korthikanti et al.'s GPT count and the Llama count of chipbook.memory) to the byte, once the terms
+the models leave out are added."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from chipbook import data, memory
+from chipbook.experiments import layer_activations as la
+
+torch = pytest.importorskip("torch")
+
+
+def test_saved_storages_counts_inputs_results_and_weights_by_hand():
+    x = torch.ones(3, 4, dtype=torch.bfloat16, requires_grad=True)
+    w = torch.ones(4, 5, dtype=torch.bfloat16, requires_grad=True)
+    rows = la.saved_storages(lambda t: torch.tanh(t @ w), x, {"w": w})
+    # mm saves its two inputs, tanh its result: x (3·4·2 bytes), w (4·5·2, a weight), tanh(x·w) (3·5·2)
+    assert sorted((r["saved_by"], r["bytes"], r["weight"]) for r in rows) == [
+        ("Mm", 24, "no"), ("Mm", 40, "yes"), ("Tanh", 30, "no")]
+    assert {r["shape"] for r in rows} == {"3×4", "4×5", "3×5"}
+    assert {r["dtype"] for r in rows} == {"bfloat16"}
+
+
+def test_saved_storages_counts_a_storage_saved_through_two_views_once():
+    x = torch.ones(2, 8, dtype=torch.float32, requires_grad=True)
+
+    def f(t):
+        e = t.exp()  # exp saves its result e (2·8·4 = 64 bytes) ...
+        return e[0] * e[1]  # ... and mul saves two views of it: still one storage
+
+    assert [(r["saved_by"], r["bytes"]) for r in la.saved_storages(f, x, {})] == [("Exp+Mul", 64)]
+
+
+def _model(point: pd.Series) -> float:
+    s, b, h, a = (int(point[k]) for k in ("seq", "batch", "hidden", "heads"))
+    if point["variant"] == "gpt":
+        return memory.activation_bytes(s, b, h, a, 1)
+    if point["variant"] == "gpt-sdpa":
+        return memory.activation_bytes(s, b, h, a, 1, recompute="selective")
+    return memory.llama_activation_bytes(s, b, h, a, int(point["kv_heads"]), int(point["ffn"]), 1)
+
+
+def test_measured_layers_reconcile_with_the_models_term_by_term():
+    frame = data.result("layer_activations")
+    assert frame["point"].nunique() == len(la.CONFIG["grid"])
+    for _, rows in frame.groupby("point"):
+        point = rows.iloc[0]
+        measured = rows.loc[rows["weight"] == "no", "bytes"].sum()
+        left = measured - _model(point) - sum(la.unmodelled(rows).values())
+        assert left == 0, f"point {point['point']} ({point['variant']}): {left} bytes unexplained"
+        if point["variant"] == "llama-fused":  # fused kernels: the model within its norm statistics
+            assert measured == pytest.approx(_model(point), rel=2e-3)
+
+
+def test_only_the_written_out_attention_keeps_score_sized_tensors():
+    """PyTorch's CPU scaled_dot_product_attention (no dropout) runs a FlashAttention kernel: no
+    saved tensor has attention's a·s×s shape; the written-out GPT attention keeps three."""
+    frame = data.result("layer_activations")
+    for variant, rows in frame.groupby("variant"):
+        scores = [math.prod(int(n) for n in shape.split("×")) == a * b * s * s and shape.endswith(f"×{s}×{s}")
+                  for shape, s, b, a in zip(rows["shape"], rows["seq"], rows["batch"], rows["heads"],
+                                            strict=True)]
+        square = rows[scores]
+        per_point = square.groupby("point").size()
+        assert per_point.tolist() == ([3] * 4 if variant == "gpt" else []), variant
+        if variant != "gpt":
+            assert rows["saved_by"].str.contains("ScaledDotProductFlashAttentionForCpu").any()
+
+
+def test_llama_ffn_width():
+    assert la.llama_ffn(4096) == 11008  # Llama 2 7B's released configuration
+    with pytest.raises(ValueError, match="hidden"):
+        la.llama_ffn(0)
