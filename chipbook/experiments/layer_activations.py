@@ -266,17 +266,13 @@ def run_one(point: dict, shared: dict) -> list[dict]:
 
 # --- what the activation models leave out ------------------------------------------------------------
 
-#: the terms a measured layer keeps beyond its activation model, in the chapter's words
-UNMODELLED = {
-    "dropout masks": "dropout masks at 2 bytes a value (PyTorch's CPU dropout multiplies by a mask of the "
-                     "input's type); the model counts 1",
-    "causal mask": "the s×s causal mask, shared by the batch and the heads",
-    "norm statistics": "the normalisations' per-token statistics (mean, reciprocal root mean square)",
-    "softmax statistics": "FlashAttention's fp32 softmax statistic, one per head and token, which "
-                          "Korthikanti et al.'s 34·s·b·h predates",
-    "fp32 RMSNorm": "the built-in RMSNorm's two fp32 copies of its input in place of the bf16 input",
-    "SiLU output": "the SiLU's output, which an unfused SwiGLU keeps beside the gate",
-}
+#: the terms a measured layer keeps beyond its activation model: dropout masks at 2 bytes a value (PyTorch's
+#: CPU dropout multiplies by a mask of the input's type; the model counts 1), the s×s causal mask, the
+#: normalisations' per-token statistics, FlashAttention's fp32 softmax statistic (which the selective
+#: 34·s·b·h predates), the built-in RMSNorm's two fp32 copies of its input in place of the bf16 input,
+#: and the SiLU's output, which an unfused SwiGLU keeps beside the gate
+UNMODELLED = ("dropout masks", "causal mask", "norm statistics", "softmax statistics", "fp32 RMSNorm",
+              "SiLU output")
 
 
 def unmodelled(rows) -> dict[str, int]:
