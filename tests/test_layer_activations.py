@@ -77,3 +77,14 @@ def test_llama_ffn_width():
     assert la.llama_ffn(4096) == 11008  # Llama 2 7B's released configuration
     with pytest.raises(ValueError, match="hidden"):
         la.llama_ffn(0)
+
+
+def test_dropout_masks_cpu_against_the_fused_kernel():
+    """The chapter's dropout-mask term: on the CPU, F.dropout keeps a mask of the input's type (2 bytes
+    a value in bf16); native_dropout, PyTorch's fused kernel, keeps a 1-byte boolean mask, as
+    Korthikanti et al. count it."""
+    x = torch.ones(4, 8, dtype=torch.bfloat16, requires_grad=True)
+    cpu = la.saved_storages(lambda t: torch.nn.functional.dropout(t, 0.1, training=True), x, {})
+    fused = la.saved_storages(lambda t: torch.native_dropout(t, 0.1, True)[0], x, {})
+    assert [(r["dtype"], r["bytes"]) for r in cpu] == [("bfloat16", 64)]
+    assert [(r["saved_by"], r["dtype"], r["bytes"]) for r in fused] == [("NativeDropout", "bool", 32)]
