@@ -68,7 +68,7 @@ def test_only_the_written_out_attention_keeps_score_sized_tensors():
                                             strict=True)]
         square = rows[scores]
         per_point = square.groupby("point").size()
-        assert per_point.tolist() == ([3] * 4 if variant == "gpt" else []), variant
+        assert per_point.tolist() == ([3] * len(la.SHAPES) if variant == "gpt" else []), variant
         if variant != "gpt":
             assert rows["saved_by"].str.contains("ScaledDotProductFlashAttentionForCpu").any()
 
@@ -88,3 +88,24 @@ def test_dropout_masks_cpu_against_the_fused_kernel():
     fused = la.saved_storages(lambda t: torch.native_dropout(t, 0.1, True)[0], x, {})
     assert [(r["dtype"], r["bytes"]) for r in cpu] == [("bfloat16", 64)]
     assert [(r["saved_by"], r["dtype"], r["bytes"]) for r in fused] == [("NativeDropout", "bool", 32)]
+
+
+def test_llama_layers_keep_each_class_of_tensor_the_model_counts():
+    """Per tensor class, whatever the shapes: the fused layer keeps three storages of s·b·f values (gate,
+    up, product) and the unfused one four (with the SiLU's output); both keep the keys and the values
+    as s·b·h·a_kv/a values each (grouped-query attention, not repeated) and six storages of s·b·h values
+    beside them (the layer's input, the first norm's output, the queries, attention's output, the
+    second norm's input and output)."""
+    frame = data.result("layer_activations")
+    llama = frame[frame["variant"].str.startswith("llama") & (frame["weight"] == "no")]
+    assert llama["point"].nunique() == 2 * (len(la.SHAPES) + len(la.LLAMA_SHAPES))
+    for _, rows in llama.groupby("point"):
+        p = rows.iloc[0]
+        tokens, h, f = int(p["seq"] * p["batch"]), int(p["hidden"]), int(p["ffn"])
+        kv = h * int(p["kv_heads"]) // int(p["heads"])
+        bf16 = rows[rows["dtype"] == "bfloat16"]["bytes"].tolist()
+        assert bf16.count(2 * tokens * f) == (3 if p["variant"] == "llama-fused" else 4), p["point"]
+        if kv < h:
+            assert bf16.count(2 * tokens * kv) == 2, p["point"]
+        if p["variant"] == "llama-fused":
+            assert bf16.count(2 * tokens * h) == (6 if kv < h else 8), p["point"]

@@ -20,9 +20,12 @@ The layers (``variant``):
 * ``llama``: Llama layer written with PyTorch's built-ins: ``rms_norm``, separate q, k, v projections
   with grouped-query attention (``kv_heads`` key-value heads) by ``scaled_dot_product_attention``,
   SwiGLU MLP of width ``ffn`` (``silu(x·W1) * (x·W3)``), no biases, no dropout, no rotary embedding.
-* ``llama-fused``: the same layer with a fused RMSNorm (saves its input and one fp32 reciprocal root
-  mean square per token) and a fused SwiGLU (saves the gate and up projections, recomputes the SiLU),
-  as training frameworks' fused kernels do: the layer of :func:`chipbook.memory.llama_activation_bytes`.
+* ``llama-fused``: the same layer with a fused RMSNorm and a fused SwiGLU, written here as autograd
+  functions that save what the frameworks' kernels save: Apex's fused RMSNorm its input, its weight
+  and one fp32 reciprocal root mean square per token [nvidia2024apexrmsnorm], Megatron-LM's fused
+  SwiGLU its input, the gate and up projections, recomputing the SiLU [nvidia2024megatronswiglu].
+  What these two save agrees with :func:`chipbook.memory.llama_activation_bytes` by construction; the
+  rest of the layer (projections, attention, residual path) is measured.
 """
 
 from __future__ import annotations
@@ -38,9 +41,14 @@ if TYPE_CHECKING:  # torch is imported when a point runs, not when the book read
 VARIANTS = ("gpt", "gpt-sdpa", "llama", "llama-fused")
 #: dropout probability of the GPT layers (attention probabilities and the two residual branches)
 DROPOUT = 0.1
-#: (seq, batch, hidden, heads): four shapes, heads of 32 to 64 values, sequences longer and shorter
-#: than the width, so that the s×s terms and the s·b·h terms are told apart
-SHAPES = [[128, 2, 256, 8], [256, 1, 256, 4], [256, 2, 512, 8], [512, 1, 512, 16]]
+#: (seq, batch, hidden, heads): six shapes, heads of 32 to 64 values, a·s/h of 2, 4, 8 and 16, so that
+#: the s·b·h terms and the a·s²·b terms are told apart
+SHAPES = [[128, 2, 256, 8], [256, 1, 256, 4], [256, 2, 512, 8], [512, 1, 512, 16], [128, 2, 512, 8],
+          [256, 1, 256, 8]]
+#: Llama shapes (seq, batch, hidden, heads, kv_heads, ffn) whose SwiGLU width is not 3h and whose heads
+#: share their key-value heads differently (multi-head; 8 query heads per KV head, as Llama 3; one KV
+#: head), so that the Llama model's terms in h, in the KV heads and in f are told apart
+LLAMA_SHAPES = [[256, 2, 512, 8, 8, 1792], [256, 1, 512, 16, 2, 1664], [128, 2, 256, 8, 1, 1024]]
 
 
 def llama_ffn(hidden: int) -> int:
@@ -49,18 +57,20 @@ def llama_ffn(hidden: int) -> int:
     return 256 * math.ceil(8 * _checks.count("hidden", hidden) / 3 / 256)
 
 
-def _point(variant: str, seq: int, batch: int, hidden: int, heads: int) -> dict:
-    llama = variant.startswith("llama")
+def _point(variant: str, seq: int, batch: int, hidden: int, heads: int, kv_heads: int | None = None,
+           ffn: int | None = None) -> dict:
+    if not variant.startswith("llama"):  # GPT: multi-head attention, a GeLU MLP of width 4h
+        kv_heads, ffn = heads, 4 * hidden
     return {"variant": variant, "seq": seq, "batch": batch, "hidden": hidden, "heads": heads,
-            "kv_heads": max(1, heads // 4) if llama else heads,
-            "ffn": llama_ffn(hidden) if llama else 4 * hidden}
+            "kv_heads": kv_heads or max(1, heads // 4), "ffn": ffn or llama_ffn(hidden)}
 
 
 CONFIG = {
     "seed": 0,
     "dtype": "bfloat16",
     "dropout": DROPOUT,
-    "grid": [_point(v, *shape) for v in VARIANTS for shape in SHAPES],
+    "grid": [*(_point(v, *shape) for v in VARIANTS for shape in SHAPES),
+             *(_point(v, *shape) for v in VARIANTS[2:] for shape in LLAMA_SHAPES)],
 }
 
 COLUMNS = {"variant": "text", "seq": "int", "batch": "int", "hidden": "int", "heads": "int",
@@ -303,6 +313,8 @@ def unmodelled(rows) -> dict[str, int]:
         out["norm statistics"] = total(act["saved_by"] == "Mul+Rsqrt")
         bf16_inputs = int(norms.sum()) * tokens * hidden * 2  # what the model counts: each norm's input
         out["fp32 RMSNorm"] = total((norms | (act["saved_by"] == "Mul")) & fp32) - bf16_inputs
+        # the SiLU's output is kept by the product's Mul, beside the up projection, and cannot be told
+        # from it by the operation that saved it; the SiLU's own input (the gate) has its size
         out["SiLU output"] = total(act["saved_by"] == "Silu")
     else:
         out["norm statistics"] = total((act["saved_by"] == "FusedRMSNorm") & fp32)
