@@ -17,7 +17,8 @@ Sources of the formulas:
 * A Llama-style layer (RMSNorm, grouped-query attention run by FlashAttention, SwiGLU, no dropout):
   the same tensor-by-tensor count applied to its tensors (see :func:`llama_activation_bytes`);
   FlashAttention keeps no s×s tensor, only its output and one fp32 softmax statistic per head and
-  token [dao2022flashattention].
+  token (FlashAttention-2's log-sum-exp [dao2023flashattention2]; the first version kept two
+  [dao2022flashattention]).
 * KV cache: a key and a value vector per layer, KV head and token [pope2022efficiently]; multi-head
   latent attention caches one compressed latent and one shared rotary key per layer and token
   [deepseekai2024deepseekv3].
@@ -136,11 +137,15 @@ def llama_activation_bytes(seq: int, batch: int, hidden: int, heads: int, kv_hea
     The tensors, counted as Korthikanti et al. count GPT's [korthikanti2022reducing], per token:
     the two RMSNorm inputs and outputs (4·h values), the query (h), the keys and values
     (2·h·kv_heads/heads: grouped-query attention), FlashAttention's output, which is also the output
-    projection's input (h) [dao2022flashattention], and SwiGLU's gate and up projections and their
+    projection's input (h) [dao2023flashattention2], and SwiGLU's gate and up projections and their
     product, the down projection's input (3·ffn, as a fused SwiGLU kernel keeps them; unfused
     autograd also keeps the SiLU's output), all 2 bytes; plus one fp32 softmax statistic per
     head (4·heads bytes). No dropout, no s×s tensor. Full recomputation keeps only each layer's
-    input, 2·h bytes per token. Every term divides by t (sequence parallelism shards the norms)."""
+    input, 2·h bytes per token. Every term divides by t (sequence parallelism shards the norms, and
+    Megatron keeps the norms' outputs sharded, all-gathering them again in the backward pass), except
+    the keys and values, which divide by at most ``kv_heads``: tensor parallelism splits attention by
+    heads, Megatron-LM requires t to divide the KV heads, and beyond them the keys and values are
+    replicated (as serving engines do). t may not exceed ``heads``."""
     s = _checks.count("seq", seq)
     b = _checks.count("batch", batch)
     h = _checks.count("hidden", hidden)
@@ -152,8 +157,12 @@ def llama_activation_bytes(seq: int, batch: int, hidden: int, heads: int, kv_hea
     mode = _checks.choice("recompute", recompute, ("none", "full"))
     if kv > a:
         raise ValueError(f"kv_heads must be <= heads ({a}), got {kv}")
-    per_token = 2.0 * h if mode == "full" else 2.0 * (6 * h + 2 * h * kv / a + 3 * f) + 4.0 * a
-    return float(n * s * b * per_token / t)
+    if t > a:
+        raise ValueError(f"tensor_parallel must be <= heads ({a}), which it splits, got {t}")
+    if mode == "full":
+        return float(n * s * b * 2.0 * h / t)
+    per_token = (2.0 * (6 * h + 3 * f) + 4.0 * a) / t + 2.0 * 2 * h * kv / a / min(t, kv)
+    return float(n * s * b * per_token)
 
 
 def logits_bytes(seq: int, batch: int, vocab: int, *, tensor_parallel: int = 1) -> float:
