@@ -164,10 +164,15 @@ def plot_population(
 
 @styled
 def plot_population_grid(n_models: Sequence[int], y_values: Sequence[float], median_ratio: np.ndarray, *,
-                         ylabel: str, reference_models: float | None = None) -> Figure:
+                         ylabel: str, reference_models: float | None = None,
+                         reference_label: str = "the published count",
+                         case_y: float | None = None) -> Figure:
     """Median inference-to-training ratio over a grid of model counts × a second assumption
     (``y_values``, named by ``ylabel``), with the contours where it equals 1 and 10 and, where
-    given, a dotted line at ``reference_models`` models a year."""
+    given, a dotted line at ``reference_models`` models a year (labelled ``reference_label``: where
+    that count comes from) and a star on it at ``case_y``, the case the text takes."""
+    if case_y is not None and reference_models is None:
+        raise ValueError("case_y needs reference_models: the star sits on the reference line")
     fig, ax = plt.subplots()
     ratio = np.asarray(median_ratio).T
     norm = LogNorm(10 ** np.floor(np.log10(ratio.min())), 10 ** np.ceil(np.log10(ratio.max())))
@@ -177,7 +182,10 @@ def plot_population_grid(n_models: Sequence[int], y_values: Sequence[float], med
     ax.clabel(contours, fmt={1: "1×", 10: "10×"}, fontsize=11)
     if reference_models is not None:
         ax.axvline(reference_models, color=PALETTE["orange"], ls=":", lw=2,
-                   label=f"{reference_models:.0f} a year: the published count")
+                   label=f"{reference_models:.0f} a year: {reference_label}")
+        if case_y is not None:
+            ax.plot([reference_models], [case_y], "*", color=PALETTE["orange"], ms=14, mec=PALETTE["black"],
+                    ls="none", label=f"the chapter's case, {ylabel} = {case_y:g}")
         ax.legend(loc="lower left", fontsize=9)
     ax.set(xscale="log", xlabel="models trained a year", ylabel=ylabel)
     ax.minorticks_off()
