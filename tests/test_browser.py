@@ -237,6 +237,37 @@ def test_explorables_fit_the_screen_and_every_control_changes_the_frame(
             _check_sweep(explorable, control, first, f"{where}, control {which}")
 
 
+# --- reading ----------------------------------------------------------------------------------------
+
+CAPTIONED_PAGES = [page for page, html in HTML.items() if "<figcaption" in html]
+CODE_PAGES = [page for page, html in HTML.items() if "cell_input" in html]
+
+
+@pytest.mark.parametrize("path", CAPTIONED_PAGES)
+def test_captions_are_in_the_text_colour(base_url: str, page: Page, path: str) -> None:
+    """Every figure caption, its "Take-away" line included, has the colour of the page's paragraphs,
+    not the theme's muted grey."""
+    open_page(page, base_url + path)
+    colours = page.evaluate("""() => {
+      const colour = (e) => getComputedStyle(e).color;
+      const body = colour(document.querySelector(".bd-article p"));
+      const off = [...document.querySelectorAll(".bd-article figcaption, .bd-article figcaption p")]
+        .filter((e) => colour(e) !== body).map((e) => e.textContent.slice(0, 60));
+      return {body, off};
+    }""")
+    assert not colours["off"], f"{path}: captions not in the text colour {colours['body']}: {colours['off']}"
+
+
+@pytest.mark.parametrize("path", CODE_PAGES)
+def test_code_lines_are_not_cut_off(base_url: str, screen_page: Page, path: str) -> None:
+    """On a laptop and on a phone, no shown code cell is wider than its box: long lines wrap."""
+    open_page(screen_page, base_url + path)
+    wide = screen_page.evaluate("""() => [...document.querySelectorAll(".cell_input pre")]
+      .filter((pre) => pre.checkVisibility() && pre.scrollWidth > pre.clientWidth + 1)
+      .map((pre) => pre.textContent.split("\\n").sort((a, b) => b.length - a.length)[0].slice(0, 60))""")
+    assert not wide, f"{path}: code cells cut off at the right edge: {wide}"
+
+
 # --- notebook downloads ---------------------------------------------------------------------------
 
 
