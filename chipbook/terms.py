@@ -26,6 +26,21 @@ TERMS: dict[str, str] = {
     "Algorithm bandwidth": r"(?i)\balgorithm bandwidth\b",
     "Bus bandwidth": r"(?i)\bbus bandwidth\b",
     "Bisection bandwidth": r"(?i)\bbisection\b",
+    "Critical batch size": r"(?i)\bcritical batch size\b",
+    "Data parallelism": r"(?i)\bdata parallelism\b",
+    "Expert parallelism": r"(?i)\bexpert parallelism\b",
+    "Fat tree": r"(?i)\bfat trees?\b",
+    "H100-equivalents": r"(?i)\bH100-equivalents?\b",
+    "InfiniBand": r"\bInfiniBand\b",
+    "Log-uniform": r"(?i)\blog-uniform(?:ly)?\b",
+    "LoRA": r"\bLoRA\b",
+    "Micro-batch": r"(?i)\bmicro-batch(?:es)?\b",
+    "NCCL": r"\bNCCL\b",
+    "NVLink": r"\bNVLink\b",
+    "Parallel layout": r"\bTP\d+(?: CP\d+)? PP\d+ DP\d+\b|(?i:\bparallel layouts?\b)",
+    "Pipeline parallelism": r"(?i)\bpipeline parallelism\b",
+    "TDP": r"\bTDP\b",
+    "ZeRO": r"\bZeRO\b",
     "bf16": r"\bbf16\b",
     "Decode": r"(?i)\bdecode\b",
     "E4M3": r"\bE4M3\b",
@@ -62,7 +77,7 @@ _PATTERNS = {term: re.compile(pattern) for term, pattern in TERMS.items()}
 #: math, roles, inline code, links and HTML tags.
 _NOT_PROSE = re.compile(
     r"^(?P<fence>`{3,}|:{3,}).*?^(?P=fence)[ \t]*$"
-    r"|^#.*$|^\(.*\)=[ \t]*$"
+    r"|^#[^\n]*$|^\([^\n]*\)=[ \t]*$"
     r"|\$\$.*?\$\$|\$[^$\n]+\$"
     r"|\{[\w:-]+\}`[^`]*`|`[^`\n]*`"
     r"|!?\[[^\]\n]*\]\([^)\n]*\)|<[^>\n]+>",

@@ -54,6 +54,13 @@ def test_the_first_use_in_prose_is_linked_and_the_rest_left_alone() -> None:
                                               "{term}`MFU <MFU>` and {term}`HBM <HBM>`.")
 
 
+def test_a_heading_is_not_prose_but_the_text_under_it_is() -> None:
+    notebook = _notebook("# The KV cache\n\nWhy the KV cache grows.\n\n(kv-label)=\nAnd MFU.")
+    assert terms.link_terms(notebook) == 1
+    assert notebook["cells"][0]["source"] == (
+        "# The KV cache\n\nWhy the {term}`KV cache <KV cache>` grows.\n\n(kv-label)=\nAnd {term}`MFU <MFU>`.")
+
+
 def test_fenced_blocks_links_and_directive_options_are_not_prose() -> None:
     text = ("```{glue:figure} fig_x\n:name: fig-kv-cache\n:alt: The KV cache.\n\nThe KV cache.\n```\n\n"
             "[the KV cache](https://example.org) and <span title=\"KV cache\">x</span>.")
