@@ -5,7 +5,8 @@ rewrites a notebook's Markdown cells so that the first use of each term becomes 
 (``{term}`KV cache <KV cache>```), leaving alone what is not prose: headings, fenced blocks
 (code, math, directives with their options and captions), inline math and code, roles (glue,
 citations, existing terms), links and HTML. A term already linked anywhere in the notebook is left as
-it is, so running it twice changes nothing. scripts/link_terms.py applies it to the chapters.
+it is, so running it twice changes nothing. :func:`relink_terms` removes every link first and links
+afresh, which moves a link to an earlier first use; scripts/link_terms.py applies it to the chapters.
 """
 
 from __future__ import annotations
@@ -144,3 +145,16 @@ def link_terms(notebook: dict[str, Any], terms: Mapping[str, str] | None = None)
 def unlink_terms(text: str) -> str:
     """``text`` with every {term} role replaced by the text it shows."""
     return _TERM_ROLE.sub(lambda m: m["text"] or m["target"], text)
+
+
+def relink_terms(notebook: dict[str, Any]) -> int:
+    """Remove every {term} role from the notebook's Markdown cells and link each term's first use
+    afresh (:func:`link_terms`), in place; return how many cells changed."""
+    if not isinstance(notebook, dict) or not isinstance(notebook.get("cells"), list):
+        raise ValueError("notebook must be a notebook's JSON dictionary, with a list of cells under 'cells'")
+    cells = [cell for cell in notebook["cells"] if cell.get("cell_type") == "markdown"]
+    before = [cell_source(cell) for cell in cells]
+    for cell, text in zip(cells, before, strict=True):
+        cell["source"] = unlink_terms(text)
+    link_terms(notebook)
+    return sum(cell_source(cell) != text for cell, text in zip(cells, before, strict=True))

@@ -3,7 +3,7 @@
 Usage: python scripts/execute_notebooks.py NOTEBOOK [NOTEBOOK ...]
 Prints each notebook's execution time. Cell timings are not recorded, so that a re-run that
 computes the same outputs leaves the file unchanged. A chapter (a notebook in notebooks/) first has
-the first use of each glossary term linked (chipbook.terms.link_terms, Markdown only), so that a term
+the first use of each glossary term linked afresh (chipbook.terms.relink_terms, Markdown only), so that a term
 added to the glossary reaches every chapter when the chapters are next executed.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
-from chipbook.terms import link_terms
+from chipbook.terms import relink_terms
 
 
 def run(notebook: nbformat.NotebookNode, folder: Path, timeout: int = 600) -> float:
@@ -33,7 +33,7 @@ def execute(path: Path) -> float:
     """Execute the notebook at ``path`` in place from a fresh kernel; return the seconds it took."""
     notebook = nbformat.read(path, as_version=4)
     if path.resolve().parent.name == "notebooks":
-        link_terms(notebook)
+        relink_terms(notebook)
     seconds = run(notebook, path.parent)
     nbformat.write(notebook, path)
     return seconds

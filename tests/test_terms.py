@@ -87,3 +87,13 @@ def test_a_longer_term_wins_over_one_inside_it() -> None:
 def test_a_malformed_notebook_is_refused() -> None:
     with pytest.raises(ValueError, match="notebook"):
         terms.link_terms({"cells": "none"})
+
+
+def test_relinking_moves_a_link_to_the_first_use_and_keeps_other_cells() -> None:
+    notebook = _notebook("The MFU of a run.", "Its {term}`MFU <MFU>` again.", "No term here.")
+    assert terms.relink_terms(notebook) == 2
+    assert [cell["source"] for cell in notebook["cells"]] == [
+        "The {term}`MFU <MFU>` of a run.", "Its MFU again.", "No term here."]
+    assert terms.relink_terms(notebook) == 0
+    with pytest.raises(ValueError, match="notebook"):
+        terms.relink_terms({"cells": None})
