@@ -137,3 +137,20 @@ def test_reality_has_a_row_for_every_band_and_published_share():
     expected = shares.loc[mixed, "inference_share"]
     assert len(expected) == 4
     assert sorted(hollow[0].get_offsets()[:, 0]) == sorted(expected)
+
+
+def test_reality_draws_the_chapters_measurements_filled_in_their_rows_and_a_ratio_scale():
+    shares = data.load("inference_share")
+    bands = {"model A": (0.2, 0.5)}
+    fig = figures.plot_reality(shares, bands, measured={"measured C": 6 / 7})
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels[:2] == ["model A", "measured C"] and len(labels) == 2 + len(shares)
+    filled = next(c for c in ax.collections if c.get_label() == "measurement, language models")
+    points = {tuple(p) for p in filled.get_offsets()}
+    assert (6 / 7, 1.0) in points
+    llm = shares[shares.workload == "LLM"].inference_share
+    assert len(points) == 1 + len(llm)
+    top = next(child for child in ax.get_children() if type(child).__name__ == "SecondaryAxis")
+    ticks = dict(zip([t.get_text() for t in top.get_xticklabels()], top.get_xticks(), strict=True))
+    assert ticks["1×"] == 0.5 and abs(ticks["10×"] - 10 / 11) < 1e-12 and abs(ticks["4×"] - 0.8) < 1e-12
