@@ -340,3 +340,14 @@ def test_claim_map_links_land_on_the_deciding_section_or_figure() -> None:
         target, _, anchor = urljoin(INTRO, link).partition("#")
         assert target in HTML, f"{link} names no page of the site"
         assert anchor and f'id="{anchor}"' in HTML[target], f"{link}: no id {anchor!r} on {target}"
+
+
+def test_first_page_glossary_links_land_on_their_terms() -> None:
+    """Every glossary link of the first page (its prose's {term} roles and the claim map's) names an
+    entry of the glossary page, and the claim map links some."""
+    page = HTML[INTRO]
+    links = re.findall(r'href="([^"]*glossary\.html#term-[^"]+)"', page)
+    assert any("chipbook-card" in page[:page.index(link)] for link in links), "the claim map links no term"
+    for link in links:
+        target, _, anchor = urljoin(INTRO, link).partition("#")
+        assert target in HTML and f'id="{anchor}"' in HTML[target], f"{link}: no such glossary entry"
