@@ -153,4 +153,4 @@ def test_reality_draws_the_chapters_measurements_filled_in_their_rows_and_a_rati
     assert len(points) == 1 + len(llm)
     top = next(child for child in ax.get_children() if type(child).__name__ == "SecondaryAxis")
     ticks = dict(zip([t.get_text() for t in top.get_xticklabels()], top.get_xticks(), strict=True))
-    assert ticks["1×"] == 0.5 and abs(ticks["10×"] - 10 / 11) < 1e-12 and abs(ticks["4×"] - 0.8) < 1e-12
+    assert ticks["1×"] == 0.5 and abs(ticks["10×"] - 10 / 11) < 1e-12 and abs(ticks["2×"] - 2 / 3) < 1e-12

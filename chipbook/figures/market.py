@@ -235,7 +235,7 @@ def plot_reality(shares: pd.DataFrame, bands: dict[str, tuple[float, float]],
     names = [f"{c.split(':')[0].replace(' forecast', '')}, {s} {int(y)}"
              for c, s, y in zip(rows["claim"], rows["scope"], rows["year"], strict=True)]
     labels = [*bands, *measured, *names]
-    fig, ax = plt.subplots(figsize=(6.4, 0.42 * len(labels) + 1.9))
+    fig, ax = plt.subplots(figsize=(7.6, 0.42 * len(labels) + 1.9))
     for i, (low, high) in enumerate(bands.values()):
         ax.plot([low, high], [i, i], color=SERVE, lw=9, solid_capstyle="butt", alpha=0.75)
     first = len(bands) + len(measured)
@@ -253,9 +253,9 @@ def plot_reality(shares: pd.DataFrame, bands: dict[str, tuple[float, float]],
     ax.set_yticks(np.arange(len(labels)), labels, fontsize=10)
     ax.set(xlim=(0, 1), ylim=(-0.6, len(labels) - 0.4), xlabel="inference share of the total")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0%}"))
-    ratios = [0.1, 0.25, 0.5, 1, 2, 4, 10]
+    ratios = [0.1, 0.5, 1, 2, 10]
     top = ax.secondary_xaxis("top")
     top.set_xticks([r / (1 + r) for r in ratios], [f"{r:g}×" for r in ratios])
     top.set_xlabel("inference / training")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.4, -0.12), ncols=2, fontsize=9, frameon=False)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.3, -0.1), ncols=2, fontsize=9, frameon=False)
     return fig
