@@ -195,6 +195,24 @@ def readable_number(value: float, unit: str) -> str:
     return f"{value:.4g}"
 
 
+#: Abbreviations that column names write in lower case, as the prose writes them.
+_ACRONYMS = {"hbm": "HBM", "sram": "SRAM", "ddr": "DDR", "gpu": "GPU", "gpus": "GPUs", "mfu": "MFU",
+             "tp": "TP", "cp": "CP", "pp": "PP", "dp": "DP", "kv": "KV", "ffn": "FFN", "bf16": "BF16",
+             "tdp": "TDP", "usd": "USD", "rl": "RL", "flop": "FLOP", "ulp": "ulp", "algbw": "algbw"}
+
+
+def readable_header(column: str, unit: str) -> str:
+    """A column name as words: underscores as spaces, abbreviations in capitals (hbm -> HBM), and a
+    trailing spelling of an abbreviated unit dropped, since the unit follows in brackets
+    ("hbm_bandwidth_gb_s", GB/s -> "HBM bandwidth"); a unit that is a plain word ("tokens") stays."""
+    words = column.split("_")
+    unit_words = [w for w in re.split(r"[^a-z0-9]+", unit.lower()) if w]
+    plain = unit.isalpha() and unit.islower() and len(unit) > 3  # "tokens", "days"; not "us"
+    if not plain and unit_words and len(words) > len(unit_words) and words[-len(unit_words):] == unit_words:
+        words = words[:-len(unit_words)]
+    return " ".join(_ACRONYMS.get(w, w) for w in words)
+
+
 def markdown_table(name: str) -> str:
     """``data/<name>.csv`` as MyST Markdown: a table in a ``chipbook-data`` block (which the book's
     style sheet lets scroll sideways) with readable headers (units in brackets), numbers as
@@ -214,7 +232,7 @@ def markdown_table(name: str) -> str:
         return str(value).replace("|", "\\|")
 
     def table(raw: bool) -> list[str]:
-        shown = {c: c if raw else c.replace("_", " ") for c in frame.columns}
+        shown = {c: c if raw else readable_header(c, units[c]) for c in frame.columns}
         header = [shown[c] if units[c] in ("text", "bibkey") else f"{shown[c]} ({units[c]})"
                   for c in frame.columns]
         lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]

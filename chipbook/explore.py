@@ -18,6 +18,8 @@ from __future__ import annotations
 import html
 import io
 import itertools
+import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,13 +47,19 @@ _STYLE = (
 @dataclass(frozen=True)
 class Param:
     """One explorable parameter: the keyword ``name`` of the plot function, the control's
-    ``label`` (with its unit), the ``values`` to precompute and, optionally, how each is shown."""
+    ``label`` (with its unit), the ``values`` to precompute and, optionally, how each is shown.
+
+    ``buttons`` chooses toggle buttons instead of a slider; left as None, values that are not all
+    numbers (names of chips, links, models or formats, or None) get buttons and numbers a slider.
+    ``start`` is the index of the value the explorable opens on: the case the text describes.
+    """
 
     name: str
     label: str
     values: Sequence[Any]
     shown: Sequence[str] | None = None
-    buttons: bool = False  # toggle buttons instead of a slider, for a few categories
+    buttons: bool | None = None
+    start: int = 0
     _labels: tuple[str, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -64,7 +72,14 @@ class Param:
             raise ValueError(f"shown of {self.name!r} must have one label per value")
         if len(set(shown)) != len(shown):
             raise ValueError(f"shown of {self.name!r} must label each value differently")
+        if isinstance(self.start, bool) or not isinstance(self.start, int) \
+                or not 0 <= self.start < len(self.values):
+            raise ValueError(f"start of {self.name!r} must be an index from 0 to {len(self.values) - 1}, "
+                             f"got {self.start!r}")
         object.__setattr__(self, "_labels", tuple(shown))
+        if self.buttons is None:
+            scale = all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in self.values)
+            object.__setattr__(self, "buttons", not scale)
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -72,7 +87,7 @@ class Param:
 
     def control(self) -> widgets.Widget:
         """The control: a slider over the labelled values, or toggle buttons."""
-        common = {"options": list(self.labels), "index": 0, "description": self.label,
+        common = {"options": list(self.labels), "index": self.start, "description": self.label,
                   "tooltip": self.label, "style": {"description_width": "initial"}}
         if self.buttons:
             return widgets.ToggleButtons(**common)
@@ -81,12 +96,20 @@ class Param:
 
 def figure_png(fig: Figure, *, dpi: int = 80, colors: int = 96) -> bytes:
     """The figure as PNG bytes with a reduced palette (line art loses nothing visible and the
-    file shrinks several-fold); the same figure always gives the same bytes."""
+    file shrinks several-fold); the same figure always gives the same bytes, of the size that
+    matplotlib's own PNG of it has."""
     _checks.count("dpi", dpi, minimum=20)
     _checks.count("colors", colors, minimum=2)
     raw = io.BytesIO()
     fig.savefig(raw, format="rgba", dpi=dpi)  # raw pixels: no PNG encoded only to be decoded again
-    size = (round(fig.get_figwidth() * dpi), round(fig.get_figheight() * dpi))
+    # The renderer's size in whole pixels: matplotlib truncates width x dpi and height x dpi (a
+    # height of 3.34375 in at 80 dpi, 267.5 px, draws 267 rows) unless within 1e-8 of the next whole
+    # pixel, so the width is taken the same way and the height read from the bytes it wrote.
+    width = math.floor(fig.get_figwidth() * dpi + 1e-8)
+    pixels = raw.getbuffer().nbytes // 4
+    if width < 1 or pixels % width:
+        raise ValueError(f"the figure's raw image of {pixels} pixels is not {width} pixels wide")
+    size = (width, pixels // width)
     image = Image.frombuffer("RGBA", size, raw.getvalue(), "raw", "RGBA", 0, 1).convert("RGB")
     image = image.quantize(colors=colors, method=Image.Quantize.MEDIANCUT)
     out = io.BytesIO()
@@ -178,7 +201,7 @@ def explorable(
         if depth == len(params):
             return widgets.Image(value=pngs[prefix], format="png", layout=image_layout)
         children = [nest((*prefix, i)) for i in range(len(params[depth].values))]
-        node = widgets.Tab(children, selected_index=0, titles=params[depth].labels)
+        node = widgets.Tab(children, selected_index=params[depth].start, titles=params[depth].labels)
         levels[depth].append(node)
         return node
 

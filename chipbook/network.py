@@ -733,8 +733,8 @@ def bisection_demand(traffic: Traffic) -> float:
 def required_link_bandwidth(tokens_per_chip: float, peak_flop_s: float, utilisation: float,
                             bytes_per_value: float = 2.0) -> float:
     """Per-direction bandwidth (bytes/s) at which a data-parallel ring all-reduce of the gradient
-    takes as long as the step's compute, for many chips: 2·N·b/B = 6·N·(T/d)/(P·u) gives
-    B* = b·P·u / (3·T/d), whatever the model's size N (sharding the model over m chips divides both
+    takes as long as the step's compute, for many chips: 2·N·b/W = 6·N·(T/d)/(P·u) gives
+    W* = b·P·u / (3·T/d), whatever the model's size N (sharding the model over m chips divides both
     sides by m). ``tokens_per_chip`` is T/d, the global batch over the data-parallel degree."""
     tokens_per_chip = _checks.positive("tokens_per_chip", tokens_per_chip)
     peak_flop_s = _checks.positive("peak_flop_s", peak_flop_s)

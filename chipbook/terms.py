@@ -5,11 +5,13 @@ rewrites a notebook's Markdown cells so that the first use of each term becomes 
 (``{term}`KV cache <KV cache>```), leaving alone what is not prose: headings, fenced blocks
 (code, math, directives with their options and captions), inline math and code, roles (glue,
 citations, existing terms), links and HTML. A term already linked anywhere in the notebook is left as
-it is, so running it twice changes nothing. scripts/link_terms.py applies it to the chapters.
+it is, so running it twice changes nothing. :func:`relink_terms` removes every link first and links
+afresh, which moves a link to an earlier first use; scripts/link_terms.py applies it to the chapters.
 """
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -26,14 +28,32 @@ TERMS: dict[str, str] = {
     "Algorithm bandwidth": r"(?i)\balgorithm bandwidth\b",
     "Bus bandwidth": r"(?i)\bbus bandwidth\b",
     "Bisection bandwidth": r"(?i)\bbisection\b",
-    "bf16": r"\bbf16\b",
+    "Compute-optimal": r"(?i)\bcompute-optimal\b",
+    "Critical batch size": r"(?i)\bcritical batch size\b",
+    "Data parallelism": r"(?i)\bdata parallelism\b",
+    "Expert parallelism": r"(?i)\bexpert parallelism\b",
+    "Fat tree": r"(?i)\bfat trees?\b",
+    "H100-equivalents": r"(?i)\bH100-equivalents?\b",
+    "InfiniBand": r"\bInfiniBand\b",
+    "Log-uniform": r"(?i)\blog-uniform(?:ly)?\b",
+    "LoRA": r"\bLoRA\b",
+    "Micro-batch": r"(?i)\bmicro-batch(?:es)?\b",
+    "NCCL": r"\bNCCL\b",
+    "NVLink": r"\bNVLink\b",
+    "Parallel layout": r"\bTP\d+(?: CP\d+)? PP\d+ DP\d+\b|(?i:\bparallel layouts?\b)",
+    "Pipeline parallelism": r"(?i)\bpipeline parallelism\b",
+    "TDP": r"\bTDP\b",
+    "ZeRO": r"\bZeRO\b",
+    "bf16": r"(?i)\bbf16\b",
     "Decode": r"(?i)\bdecode\b",
     "E4M3": r"\bE4M3\b",
     "E5M2": r"\bE5M2\b",
     "E8M0": r"\bE8M0\b",
     "FP8": r"\bFP8\b",
     "Grouped-query attention": r"(?i)\bgrouped-query attention\b",
+    "Halving-doubling": r"(?i)\bhalving-doubling\b",
     "HBM": r"\bHBM\b",
+    "Held-out loss": r"(?i)\bheld-out loss\b",
     "In-network reduction": r"(?i)\bin-network reduction\b",
     "Kahan summation": r"\bKahan\b",
     "KV cache": r"\bKV cache\b",
@@ -41,7 +61,10 @@ TERMS: dict[str, str] = {
     "Master weights": r"(?i)\bmaster (?:weights?|copy)\b",
     "MFU": r"\bMFU\b",
     "Mixture of experts": r"(?i)\bmixture[- ]of[- ]experts\b",
+    "MLA": r"\bMLA\b",
+    "Monte Carlo": r"\bMonte Carlo\b",
     "MX": r"\bMX\b",
+    "One-shot and two-shot all-reduce": r"(?i)\b(?:one|two)-shot\b",
     "Prefill": r"(?i)\bprefill\b",
     "Recomputation": r"(?i)\brecomputation\b",
     "Ridge point": r"(?i)\bridge point\b",
@@ -52,17 +75,22 @@ TERMS: dict[str, str] = {
     "Stochastic rounding": r"(?i)\bstochastic rounding\b",
     "Swamping": r"(?i)\bswamping\b",
     "Tensor parallelism": r"(?i)\btensor parallelism\b",
-    "Tornado chart": r"(?i)\btornado chart\b",
+    "Torus": r"(?i)\btor(?:us|i)\b",
     "ulp": r"\bulp\b",
     "Zipf's law": r"\bZipf(?:'s law)?\b",
 }
-_PATTERNS = {term: re.compile(pattern) for term, pattern in TERMS.items()}
+PATTERNS = {term: re.compile(pattern) for term, pattern in TERMS.items()}
 
-#: What is not prose, in the order tried: fenced blocks, headings, target labels, display and inline
-#: math, roles, inline code, links and HTML tags.
+#: Directives whose body is prose: their fences, titles and options are not, what they hold is.
+PROSE_DIRECTIVES = ("admonition", "note", "tip", "important", "warning", "seealso", "dropdown")
+
+#: What is not prose, in the order tried: fenced blocks (other than prose directives, of which only the
+#: fence lines and options), headings, target labels, display and inline math, roles, inline code,
+#: links and HTML tags.
 _NOT_PROSE = re.compile(
-    r"^(?P<fence>`{3,}|:{3,}).*?^(?P=fence)[ \t]*$"
-    r"|^#.*$|^\(.*\)=[ \t]*$"
+    r"^(?P<fence>`{3,}|:{3,})(?!\{(?:" + "|".join(PROSE_DIRECTIVES) + r")\}).*?^(?P=fence)[ \t]*$"
+    r"|^(?:`{3,}|:{3,})[^\n]*$|^:[\w-]+:[^\n]*$"
+    r"|^#[^\n]*$|^\([^\n]*\)=[ \t]*$"
     r"|\$\$.*?\$\$|\$[^$\n]+\$"
     r"|\{[\w:-]+\}`[^`]*`|`[^`\n]*`"
     r"|!?\[[^\]\n]*\]\([^)\n]*\)|<[^>\n]+>",
@@ -110,7 +138,7 @@ def link_terms(notebook: dict[str, Any], terms: Mapping[str, str] | None = None)
     many cells changed. Terms the notebook already links are skipped."""
     if not isinstance(notebook, dict) or not isinstance(notebook.get("cells"), list):
         raise ValueError("notebook must be a notebook's JSON dictionary, with a list of cells under 'cells'")
-    patterns = _PATTERNS if terms is None else {t: re.compile(p) for t, p in terms.items()}
+    patterns = PATTERNS if terms is None else {t: re.compile(p) for t, p in terms.items()}
     cells = [cell for cell in notebook["cells"] if cell.get("cell_type") == "markdown"]
     already = set().union(*(linked_terms(cell_source(cell)) for cell in cells))
     pending = {term: pattern for term, pattern in patterns.items() if term.lower() not in already}
@@ -129,3 +157,50 @@ def link_terms(notebook: dict[str, Any], terms: Mapping[str, str] | None = None)
 def unlink_terms(text: str) -> str:
     """``text`` with every {term} role replaced by the text it shows."""
     return _TERM_ROLE.sub(lambda m: m["text"] or m["target"], text)
+
+
+def glossary_id(term: str) -> str:
+    """The HTML id Sphinx gives a glossary term: "term-" and the term with every run of other
+    characters than letters and digits made one hyphen ("KV cache" -> "term-KV-cache")."""
+    if term not in TERMS:
+        raise ValueError(f"term must be one of the glossary's terms, got {term!r}")
+    return "term-" + re.sub(r"[^A-Za-z0-9]+", "-", term).strip("-")
+
+
+def link_html(text: str, pending: dict[str, re.Pattern[str]], glossary: str) -> str:
+    """``text`` as escaped HTML with the first use of each term of ``pending`` linked to its entry in
+    the glossary page at ``glossary`` (a relative URL), removing the linked terms from ``pending``
+    (so that, passed along several texts, only each term's first use on a page is linked)."""
+    found = []
+    for term, pattern in list(pending.items()):
+        match = pattern.search(text)
+        if match:
+            found.append((match.start(), match.end(), term))
+    kept: list[tuple[int, int, str]] = []
+    for start, end, term in sorted(found, key=lambda use: (use[0], -use[1])):
+        if kept and start < kept[-1][1]:
+            continue  # inside a longer term's use: left for a later text
+        kept.append((start, end, term))
+        del pending[term]
+    out, position = [], 0
+    for start, end, term in kept:
+        href = html.escape(f"{glossary}#{glossary_id(term)}")
+        out.append(html.escape(text[position:start]))
+        out.append(f'<a class="reference internal" href="{href}"><span class="xref std std-term">'
+                   f"{html.escape(text[start:end])}</span></a>")
+        position = end
+    out.append(html.escape(text[position:]))
+    return "".join(out)
+
+
+def relink_terms(notebook: dict[str, Any]) -> int:
+    """Remove every {term} role from the notebook's Markdown cells and link each term's first use
+    afresh (:func:`link_terms`), in place; return how many cells changed."""
+    if not isinstance(notebook, dict) or not isinstance(notebook.get("cells"), list):
+        raise ValueError("notebook must be a notebook's JSON dictionary, with a list of cells under 'cells'")
+    cells = [cell for cell in notebook["cells"] if cell.get("cell_type") == "markdown"]
+    before = [cell_source(cell) for cell in cells]
+    for cell, text in zip(cells, before, strict=True):
+        cell["source"] = unlink_terms(text)
+    link_terms(notebook)
+    return sum(cell_source(cell) != text for cell, text in zip(cells, before, strict=True))

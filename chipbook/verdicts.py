@@ -19,12 +19,12 @@ import csv
 import html
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from chipbook import data
+from chipbook import data, terms
 from chipbook.lab import as_text, glued
 
 NOTEBOOKS = data.ROOT / "notebooks"
@@ -161,9 +161,15 @@ def _badge(verdict: str) -> str:
     return f'<span class="chipbook-badge chipbook-badge-{kind}">{html.escape(verdict.capitalize())}</span>'
 
 
-def card(claim: Claim, values: Mapping[str, str], *, page: str = "../notebooks") -> str:
+def card(claim: Claim, values: Mapping[str, str], *, page: str = "../notebooks",
+         pending: dict[str, re.Pattern[str]] | None = None, glossary: str = "glossary.html") -> str:
     """One claim of the map as an HTML card: its identifier and badge, the claim, the finding with the
-    chapter's numbers, and a link to the section or figure that decides it."""
+    chapter's numbers, and a link to the section or figure that decides it. Where ``pending`` is
+    given, the first use in the claim and finding of each of its glossary terms links to the glossary
+    page (:func:`chipbook.terms.link_html`), and the linked terms leave ``pending``."""
+    pending = {} if pending is None else pending
+    statement = terms.link_html(claim.statement, pending, glossary)
+    found = terms.link_html(finding(claim, values), pending, glossary)
     link = ""
     if claim.chapter:
         href = f"{page}/{claim.chapter}.html" + (f"#{claim.target}" if claim.target else "")
@@ -175,16 +181,20 @@ def card(claim: Claim, values: Mapping[str, str], *, page: str = "../notebooks")
             f'<div class="chipbook-card-head">'
             f'<span class="chipbook-card-id">{html.escape(claim.claim)}</span>'
             f"{_badge(claim.verdict)}</div>"
-            f'<p class="chipbook-card-claim">{html.escape(claim.statement)}</p>'
-            f'<p class="chipbook-card-finding">{html.escape(finding(claim, values))}</p>{link}</div>')
+            f'<p class="chipbook-card-claim">{statement}</p>'
+            f'<p class="chipbook-card-finding">{found}</p>{link}</div>')
 
 
-def dashboard(claims: list[Claim], values: Mapping[str, Mapping[str, str]]) -> str:
+def dashboard(claims: list[Claim], values: Mapping[str, Mapping[str, str]], *,
+              linked: Iterable[str] = ()) -> str:
     """The claim map as HTML: one group of cards per part of the essay's argument, in PARTS' order.
-    ``values`` maps each chapter to its glued values."""
+    ``values`` maps each chapter to its glued values. The first use in the map of each glossary term
+    not in ``linked`` (terms the page links already, lower case) links to the glossary."""
+    done = {term.lower() for term in linked}
+    pending = {term: pattern for term, pattern in terms.PATTERNS.items() if term.lower() not in done}
     groups = []
     for part, title in PARTS.items():
-        cards = [card(c, values.get(c.chapter, {})) for c in claims if c.part == part]
+        cards = [card(c, values.get(c.chapter, {}), pending=pending) for c in claims if c.part == part]
         if cards:
             groups.append(f'<section class="chipbook-map-part"><h3>{html.escape(title)}</h3>'
                           f'<div class="chipbook-cards">{"".join(cards)}</div></section>')

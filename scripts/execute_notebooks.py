@@ -2,7 +2,10 @@
 
 Usage: python scripts/execute_notebooks.py NOTEBOOK [NOTEBOOK ...]
 Prints each notebook's execution time. Cell timings are not recorded, so that a re-run that
-computes the same outputs leaves the file unchanged.
+computes the same outputs leaves the file unchanged. A chapter (a notebook in notebooks/) and the
+first page (book/intro.ipynb) first have
+the first use of each glossary term linked afresh (chipbook.terms.relink_terms, Markdown only), so that a term
+added to the glossary reaches every chapter when the chapters are next executed.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
+
+from chipbook.terms import relink_terms
 
 
 def run(notebook: nbformat.NotebookNode, folder: Path, timeout: int = 600) -> float:
@@ -28,6 +33,8 @@ def run(notebook: nbformat.NotebookNode, folder: Path, timeout: int = 600) -> fl
 def execute(path: Path) -> float:
     """Execute the notebook at ``path`` in place from a fresh kernel; return the seconds it took."""
     notebook = nbformat.read(path, as_version=4)
+    if path.resolve().parent.name == "notebooks" or path.name == "intro.ipynb":
+        relink_terms(notebook)
     seconds = run(notebook, path.parent)
     nbformat.write(notebook, path)
     return seconds

@@ -186,18 +186,20 @@ def _describe(shown: Frame) -> str:
 
 
 def _check_sweep(explorable: Locator, control: Control, first: Frame, where: str) -> None:
-    """Move ``control`` through its values, each step showing a new frame, then back to the first."""
+    """Move ``control`` through its other values, each step showing a new frame, then back to the
+    value it opened on (the case the text describes, not always the first)."""
+    start = control.position()
     previous = first
-    for index in range(1, control.size):
+    for index in [i for i in range(control.size) if i != start]:
         control.select(index)
         assert control.position() == index, f"{where}: the control did not move to value {index}"
         shown = wait_for_frame(explorable, unlike=previous.hash)
         assert shown.hash, f"{where}: value {index} shows {_describe(shown)}"
-        assert shown.hash != previous.hash, f"{where}: values {index - 1} and {index} show the same frame"
+        assert shown.hash != previous.hash, f"{where}: value {index} shows the same frame as the one before"
         previous = shown
-    control.select(0)
+    control.select(start)
     back = wait_for_frame(explorable, like=first.hash)
-    assert back.hash == first.hash, f"{where}: moving back to value 0 did not bring back its frame"
+    assert back.hash == first.hash, f"{where}: moving back to value {start} did not bring back its frame"
 
 
 def _check_fit(explorable: Locator, where: str) -> None:
@@ -217,8 +219,8 @@ def _check_fit(explorable: Locator, where: str) -> None:
 def test_explorables_fit_the_screen_and_every_control_changes_the_frame(
         base_url: str, screen_page: Page, path: str) -> None:
     """On a laptop and on a phone, each explorable fits the screen (see _check_fit), and each of its
-    controls, moved through its values while the others stay at their first, shows a new frame at
-    every step and the first frame again when moved back."""
+    controls, moved through its values while the others stay where the explorable opened, shows a
+    new frame at every step and the opening frame again when moved back."""
     open_page(screen_page, base_url + path)
     install_frame_helpers(screen_page)
     drawn = explorables(screen_page)
@@ -233,6 +235,37 @@ def test_explorables_fit_the_screen_and_every_control_changes_the_frame(
         assert first.hash, f"{where} shows {_describe(first)} at first"
         for which, control in enumerate(found, 1):
             _check_sweep(explorable, control, first, f"{where}, control {which}")
+
+
+# --- reading ----------------------------------------------------------------------------------------
+
+CAPTIONED_PAGES = [page for page, html in HTML.items() if "<figcaption" in html]
+CODE_PAGES = [page for page, html in HTML.items() if "cell_input" in html]
+
+
+@pytest.mark.parametrize("path", CAPTIONED_PAGES)
+def test_captions_are_in_the_text_colour(base_url: str, page: Page, path: str) -> None:
+    """Every figure caption, its "Take-away" line included, has the colour of the page's paragraphs,
+    not the theme's muted grey."""
+    open_page(page, base_url + path)
+    colours = page.evaluate("""() => {
+      const colour = (e) => getComputedStyle(e).color;
+      const body = colour(document.querySelector(".bd-article p"));
+      const off = [...document.querySelectorAll(".bd-article figcaption, .bd-article figcaption p")]
+        .filter((e) => colour(e) !== body).map((e) => e.textContent.slice(0, 60));
+      return {body, off};
+    }""")
+    assert not colours["off"], f"{path}: captions not in the text colour {colours['body']}: {colours['off']}"
+
+
+@pytest.mark.parametrize("path", CODE_PAGES)
+def test_code_lines_are_not_cut_off(base_url: str, screen_page: Page, path: str) -> None:
+    """On a laptop and on a phone, no shown code cell is wider than its box: long lines wrap."""
+    open_page(screen_page, base_url + path)
+    wide = screen_page.evaluate("""() => [...document.querySelectorAll(".cell_input pre")]
+      .filter((pre) => pre.checkVisibility() && pre.scrollWidth > pre.clientWidth + 1)
+      .map((pre) => pre.textContent.split("\\n").sort((a, b) => b.length - a.length)[0].slice(0, 60))""")
+    assert not wide, f"{path}: code cells cut off at the right edge: {wide}"
 
 
 # --- notebook downloads ---------------------------------------------------------------------------
@@ -307,3 +340,14 @@ def test_claim_map_links_land_on_the_deciding_section_or_figure() -> None:
         target, _, anchor = urljoin(INTRO, link).partition("#")
         assert target in HTML, f"{link} names no page of the site"
         assert anchor and f'id="{anchor}"' in HTML[target], f"{link}: no id {anchor!r} on {target}"
+
+
+def test_first_page_glossary_links_land_on_their_terms() -> None:
+    """Every glossary link of the first page (its prose's {term} roles and the claim map's) names an
+    entry of the glossary page, and the claim map links some."""
+    page = HTML[INTRO]
+    links = re.findall(r'href="([^"]*glossary\.html#term-[^"]+)"', page)
+    assert any("chipbook-card" in page[:page.index(link)] for link in links), "the claim map links no term"
+    for link in links:
+        target, _, anchor = urljoin(INTRO, link).partition("#")
+        assert target in HTML and f'id="{anchor}"' in HTML[target], f"{link}: no such glossary entry"

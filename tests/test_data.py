@@ -374,3 +374,11 @@ def test_readable_numbers_are_written_as_the_chapters_write_them(value, unit, ex
 def test_readable_number_refuses_a_text_unit():
     with pytest.raises(ValueError, match="unit"):
         data.readable_number(1.0, "text")
+
+
+@pytest.mark.parametrize(("column", "unit", "header"), [
+    ("bf16_dense_tflop_s", "TFLOP/s", "BF16 dense"), ("hbm_bandwidth_gb_s", "GB/s", "HBM bandwidth"),
+    ("time_us", "us", "time"), ("train_tokens", "tokens", "train tokens"), ("gpus", "count", "GPUs"),
+    ("tdp_w", "W", "TDP"), ("cost_usd_per_day", "USD", "cost USD per day"), ("us", "us", "us")])
+def test_headers_are_words_without_a_repeated_unit(column, unit, header):
+    assert data.readable_header(column, unit) == header

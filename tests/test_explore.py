@@ -200,6 +200,9 @@ def test_the_frame_limit_is_inclusive():
         ({"values": [1, "1"]}, "label each value differently"),  # same text on the slider
         ({"values": [1, 2, 3], "shown": ["a", "b"]}, "one label per value"),
         ({"name": "not an identifier", "values": [1, 2]}, "identifier"),
+        ({"values": [1, 2], "start": 2}, "start"),
+        ({"values": [1, 2], "start": -1}, "start"),
+        ({"values": [1, 2], "start": True}, "start"),
     ],
 )
 def test_param_errors(kwargs, message):
@@ -235,3 +238,42 @@ def test_figure_png_argument_checks():
             explore.figure_png(fig, dpi=80.0)
     finally:
         plt.close(fig)
+
+
+@pytest.mark.parametrize(("values", "buttons"), [
+    (["H100", "MI300X"], True),          # names: categories
+    ([None, 128], True),                 # "never" or a number: not a scale
+    ([1, 2.5, 10], False),               # numbers: a slider
+    ([True, False], True),               # truth values are not a scale either
+])
+def test_names_get_buttons_and_numbers_a_slider(values, buttons):
+    control = Param("x", "x", values).control()
+    assert isinstance(control, widgets.ToggleButtons if buttons else widgets.SelectionSlider)
+    # an explicit choice wins
+    forced = Param("x", "x", values, buttons=not buttons).control()
+    assert isinstance(forced, widgets.SelectionSlider if buttons else widgets.ToggleButtons)
+
+
+def test_explorable_opens_on_the_start_value(links):
+    params = [Param("slope", "slope", [-1.0, 0.0, 2.0], start=2), Param("offset", "offset", [0.0, 1.5])]
+    ex = explore.explorable(plot_toy, params, dpi=DPI, alt=ALT)
+    (slope, offset), frames, _ = _parts(ex)
+    assert slope.index == 2 and offset.index == 0
+    levels, _ = _stacks_by_level(frames)
+    assert [node.selected_index for node in levels[0]] == [2]
+    assert [node.selected_index for node in levels[1]] == [0, 0, 0]
+    shown = frames.children[frames.selected_index]
+    assert shown.children[shown.selected_index].value == _png(slope=2.0, offset=0.0)
+
+
+@pytest.mark.parametrize("height", [2.0, 3.34375, 2.0125])  # x 80 dpi: 160, 267.5 and 161 pixels
+def test_figure_png_has_the_size_of_matplotlibs_own_png(height):
+    fig, ax = plt.subplots(figsize=(4.0, height))
+    ax.plot([0, 1], [0, 1])
+    try:
+        ours = Image.open(io.BytesIO(explore.figure_png(fig, dpi=80)))
+        reference = io.BytesIO()
+        fig.savefig(reference, format="png", dpi=80)
+    finally:
+        plt.close(fig)
+    assert ours.size == Image.open(reference).size

@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.collections import QuadMesh
+from matplotlib.contour import ContourSet
 
 from chipbook import data, fmt, market
 from chipbook.figures import market as figures
@@ -74,13 +76,37 @@ def test_population_titles_report_the_simulated_year():
     assert right.get_title() == f"median ratio {fmt.num(float(np.median(pop.ratio)), 2)}"
 
 
-def test_population_grid_marks_the_reference_count():
-    ratio = np.array([[20.0, 40.0], [2.0, 4.0], [0.2, 0.4]])
-    fig = figures.plot_population_grid([10, 100, 1000], [0.0, 1.0], ratio, ylabel="rho", reference_models=40)
+def test_population_grid_shows_each_ratio_in_its_cell_the_contours_and_the_reference_count():
+    n_models = [1, 10, 100]
+    concentrations = [0.8, 1.0, 1.2, 1.4]
+    # ratio[i, j]: i-th model count, j-th concentration; each cell's value is unique
+    ratio = np.array([[0.5, 2.0, 20.0, 50.0], [0.3, 3.0, 30.0, 60.0], [0.2, 4.0, 40.0, 70.0]])
+    fig = figures.plot_population_grid(n_models, concentrations, ratio, ylabel="usage concentration s",
+                                       reference_models=40, reference_label="a count", case_y=1.2)
     ax = fig.axes[0]
-    lines = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
-    assert len(lines) == 1 and lines[0].get_xdata()[0] == 40
-    assert ax.get_ylabel() == "rho"
+    mesh = next(artist for artist in ax.collections if isinstance(artist, QuadMesh))
+    drawn = np.asarray(mesh.get_array()).reshape(len(concentrations), len(n_models))
+    for i in range(len(n_models)):
+        for j in range(len(concentrations)):
+            assert drawn[j, i] == ratio[i, j]  # row: concentration (y), column: model count (x)
+    contours = next(artist for artist in ax.get_children() if isinstance(artist, ContourSet))
+    assert list(contours.levels) == [1, 10]
+    assert ax.get_xscale() == "log" and ax.get_ylabel() == "usage concentration s"
+    assert fig.axes[1].get_ylabel() == "median inference / training FLOP"
+    dotted = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
+    assert len(dotted) == 1 and dotted[0].get_xdata()[0] == 40
+    star = [line for line in ax.get_lines() if line.get_marker() == "*"]
+    assert len(star) == 1 and list(star[0].get_xydata()[0]) == [40, 1.2]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["40 a year: a count", "the chapter's case, usage concentration s = 1.2"]
+
+
+def test_population_grid_has_no_reference_unless_asked_and_no_star_without_a_line():
+    ratio = np.array([[20.0, 40.0], [2.0, 4.0], [0.2, 0.4]])
+    ax = figures.plot_population_grid([10, 100, 1000], [0.0, 1.0], ratio, ylabel="rho").axes[0]
+    assert not ax.get_lines() and ax.get_legend() is None
+    with pytest.raises(ValueError, match="case_y"):
+        figures.plot_population_grid([10, 100, 1000], [0.0, 1.0], ratio, ylabel="rho", case_y=0.5)
 
 
 def test_joint_histogram_counts_every_draw_and_bars_are_the_shares():
@@ -111,3 +137,20 @@ def test_reality_has_a_row_for_every_band_and_published_share():
     expected = shares.loc[mixed, "inference_share"]
     assert len(expected) == 4
     assert sorted(hollow[0].get_offsets()[:, 0]) == sorted(expected)
+
+
+def test_reality_draws_the_chapters_measurements_filled_in_their_rows_and_a_ratio_scale():
+    shares = data.load("inference_share")
+    bands = {"model A": (0.2, 0.5)}
+    fig = figures.plot_reality(shares, bands, measured={"measured C": 6 / 7})
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels[:2] == ["model A", "measured C"] and len(labels) == 2 + len(shares)
+    filled = next(c for c in ax.collections if c.get_label() == "measurement, language models")
+    points = {tuple(p) for p in filled.get_offsets()}
+    assert (6 / 7, 1.0) in points
+    llm = shares[shares.workload == "LLM"].inference_share
+    assert len(points) == 1 + len(llm)
+    top = next(child for child in ax.get_children() if type(child).__name__ == "SecondaryAxis")
+    ticks = dict(zip([t.get_text() for t in top.get_xticklabels()], top.get_xticks(), strict=True))
+    assert ticks["1×"] == 0.5 and abs(ticks["10×"] - 10 / 11) < 1e-12 and abs(ticks["2×"] - 2 / 3) < 1e-12

@@ -126,3 +126,22 @@ def test_message_size_bars_are_the_given_sizes():
     sizes = {"a": 1e12, "b": 3.3e4}
     fig = figures.plot_message_sizes(sizes, ["red", "blue"])
     assert sorted(p.get_width() for p in fig.axes[0].patches) == [3.3e4, 1e12]
+    assert len(fig.axes) == 1
+
+
+def test_message_sizes_per_token_panel_holds_its_own_bars_and_labels():
+    fig = figures.plot_message_sizes({"a": 1e12, "b": 3.3e4}, ["red", "blue"],
+                                     per_token={"c": 3.2e4, "d": 6.5e6, "e": 1.2e2},
+                                     per_token_colours=["red", "blue", "blue"])
+    events, tokens = fig.axes
+    assert events.get_xlabel() == "bytes per event" and tokens.get_xlabel() == "bytes per token"
+    assert [p.get_width() for p in tokens.patches] == [3.2e4, 6.5e6, 1.2e2]
+    ticks = zip(tokens.get_yticks(), [t.get_text() for t in tokens.get_yticklabels()], strict=True)
+    top_down = sorted(ticks, reverse=True)
+    assert [label for _, label in top_down] == ["c", "d", "e"]  # first on top
+    assert tokens.get_xlim()[0] <= 1.2e2  # the smallest bar starts inside the axis
+    assert [t.get_text() for t in tokens.texts] == ["32 kB", "6.5 MB", "120 B"]
+    with pytest.raises(ValueError, match="per_token_colours"):
+        figures.plot_message_sizes({"a": 1.0}, ["red"], per_token={"c": 1.0})
+    with pytest.raises(ValueError, match="per_token"):
+        figures.plot_message_sizes({"a": 1.0}, ["red"], per_token_colours=["red"])

@@ -5,7 +5,7 @@ It starts the book's JupyterLab (book/_lab/jupyter_server_config.py) on a free p
 serving a copy of notebooks/ (so that nothing it saves touches the repository), opens each chapter,
 runs all its cells, and checks that no cell fails; that the rendered prose shows no raw MyST role
 ({glue, {cite, {eq, {doc}), no glue name where its value belongs and nothing jupyterlab-myst reports
-as not found; that a slider of the chapter shows a new frame in the live kernel; and that saving
+as not found; that a control of the chapter shows a new frame in the live kernel; and that saving
 the notebook writes its Markdown back unchanged. The chapters are the notebooks in notebooks/.
 """
 
@@ -226,16 +226,15 @@ def test_chapter_runs_and_reads_in_jupyterlab(lab_url: str, served: Path, chromi
         install_frame_helpers(page)
         drawn = explorables(page)
         assert drawn, f"{chapter}: no explorable drawn in JupyterLab"
-        sliders = [(explorable, control) for explorable in drawn for control in controls(explorable)
-                   if control.kind == "slider"]
-        assert sliders, f"{chapter}: no explorable with a slider"
-        explorable, control = sliders[0]
+        found = [(explorable, control) for explorable in drawn for control in controls(explorable)]
+        assert found, f"{chapter}: no explorable with a slider or toggle buttons"
+        explorable, control = found[0]
         reveal(explorable)
         first = wait_for_frame(explorable)
         assert first.hash, f"{chapter}: the explorable shows no frame in JupyterLab"
-        control.select(1)
+        control.select(1 if control.position() == 0 else 0)  # away from the value it opened on
         moved = wait_for_frame(explorable, unlike=first.hash)
-        assert moved.hash and moved.hash != first.hash, f"{chapter}: the slider's move showed no new frame"
+        assert moved.hash and moved.hash != first.hash, f"{chapter}: the control's move showed no new frame"
 
         page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
         page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty",

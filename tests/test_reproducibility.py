@@ -9,13 +9,9 @@ import json
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
-from matplotlib.collections import QuadMesh
-from matplotlib.contour import ContourSet
 
 import chipbook.figures as figure_modules
-from chipbook.figures import market as market_figures
 from scripts.lower_simd import lower_environment
 from tests.nbval_images import NOT_COMPARED, is_image
 
@@ -48,26 +44,6 @@ def test_every_figure_a_chapter_draws_is_tested_by_its_artists(notebook: Path) -
     assert drawn, f"{notebook.name} draws no chipbook figure: the check below would be empty"
     untested = sorted(name for name in drawn if not re.search(rf"\b{name}\(", tested))
     assert not untested, f"{notebook.name} draws figures no test reads back: {untested}"
-
-
-def test_population_grid_shows_each_ratio_in_its_cell_with_the_1x_and_10x_contours() -> None:
-    n_models = [1, 10, 100]
-    concentrations = [0.8, 1.0, 1.2, 1.4]
-    # ratio[i, j]: i-th model count, j-th concentration; each cell's value is unique
-    ratio = np.array([[0.5, 2.0, 20.0, 50.0], [0.3, 3.0, 30.0, 60.0], [0.2, 4.0, 40.0, 70.0]])
-    fig = market_figures.plot_population_grid(n_models, concentrations, ratio,
-                                             ylabel="usage concentration s")
-    ax = fig.axes[0]
-    mesh = next(artist for artist in ax.collections if isinstance(artist, QuadMesh))
-    drawn = np.asarray(mesh.get_array()).reshape(len(concentrations), len(n_models))
-    for i in range(len(n_models)):
-        for j in range(len(concentrations)):
-            assert drawn[j, i] == ratio[i, j]  # row: concentration (y), column: model count (x)
-    contours = next(artist for artist in ax.get_children() if isinstance(artist, ContourSet))
-    assert list(contours.levels) == [1, 10]
-    assert ax.get_xscale() == "log"
-    assert "concentration" in ax.get_ylabel()
-    assert fig.axes[1].get_ylabel() == "median inference / training FLOP"
 
 
 @pytest.mark.parametrize("mime", ["image/png", "image/svg+xml", "application/papermill.record/image/png"])

@@ -49,6 +49,17 @@ def test_every_finding_is_filled_with_the_chapters_numbers() -> None:
     assert values["01-market-size"]["be_lo"] in page
 
 
+def test_the_map_links_each_glossary_term_once_unless_the_page_already_does() -> None:
+    claims = [verdicts.Claim("1a", "larger", "Decode & prefill <fast>.", "supported",
+                             "The KV cache; then decode and the KV cache again.", "", ""),
+              verdicts.Claim("1b", "larger", "Prefill once more.", "supported", "MFU.", "", "")]
+    page = verdicts.dashboard(claims, {}, linked=["mfu"])
+    links = re.findall(r'<a class="reference internal" href="glossary.html#([^"]+)">', page)
+    assert links == ["term-Decode", "term-Prefill", "term-KV-cache"]
+    assert "&amp; " in page and "&lt;fast&gt;" in page  # the text around the links is escaped
+    assert "Prefill once more." in page and ">MFU<" not in page
+
+
 PROSE = """## 3. A section
 **1a is supported elsewhere**, not here.
 

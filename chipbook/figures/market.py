@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -164,10 +164,15 @@ def plot_population(
 
 @styled
 def plot_population_grid(n_models: Sequence[int], y_values: Sequence[float], median_ratio: np.ndarray, *,
-                         ylabel: str, reference_models: float | None = None) -> Figure:
+                         ylabel: str, reference_models: float | None = None,
+                         reference_label: str = "the published count",
+                         case_y: float | None = None) -> Figure:
     """Median inference-to-training ratio over a grid of model counts × a second assumption
     (``y_values``, named by ``ylabel``), with the contours where it equals 1 and 10 and, where
-    given, a dotted line at ``reference_models`` models a year."""
+    given, a dotted line at ``reference_models`` models a year (labelled ``reference_label``: where
+    that count comes from) and a star on it at ``case_y``, the case the text takes."""
+    if case_y is not None and reference_models is None:
+        raise ValueError("case_y needs reference_models: the star sits on the reference line")
     fig, ax = plt.subplots()
     ratio = np.asarray(median_ratio).T
     norm = LogNorm(10 ** np.floor(np.log10(ratio.min())), 10 ** np.ceil(np.log10(ratio.max())))
@@ -177,7 +182,10 @@ def plot_population_grid(n_models: Sequence[int], y_values: Sequence[float], med
     ax.clabel(contours, fmt={1: "1×", 10: "10×"}, fontsize=11)
     if reference_models is not None:
         ax.axvline(reference_models, color=PALETTE["orange"], ls=":", lw=2,
-                   label=f"{reference_models:.0f} a year: the published count")
+                   label=f"{reference_models:.0f} a year: {reference_label}")
+        if case_y is not None:
+            ax.plot([reference_models], [case_y], "*", color=PALETTE["orange"], ms=14, mec=PALETTE["black"],
+                    ls="none", label=f"the chapter's case, {ylabel} = {case_y:g}")
         ax.legend(loc="lower left", fontsize=9)
     ax.set(xscale="log", xlabel="models trained a year", ylabel=ylabel)
     ax.minorticks_off()
@@ -213,24 +221,29 @@ def plot_joint(ratio: np.ndarray, shares: pd.Series, labels: dict[str, str], tar
 
 
 @styled
-def plot_reality(shares: pd.DataFrame, bands: dict[str, tuple[float, float]]) -> Figure:
+def plot_reality(shares: pd.DataFrame, bands: dict[str, tuple[float, float]],
+                 measured: Mapping[str, float] | None = None) -> Figure:
     """Published inference shares (rows of data/inference_share.csv: measurements as dots, filled
     for a language-model developer's own compute and hollow for fleets that ran other models too;
-    forecasts as diamonds) beside ranges from the
-    chapter's models (``bands``: label -> (low, high) share)."""
+    forecasts as diamonds) beside ranges from the chapter's models (``bands``: label -> (low, high)
+    share) and the chapter's own measured shares (``measured``: label -> share, filled dots). The top
+    axis gives the same shares as ratios of inference to training, share / (1 − share)."""
+    measured = dict(measured or {})
     rows = shares.sort_values("inference_share", kind="stable")
     forecast = rows["claim"].str.contains("forecast", case=False).to_numpy()
     non_llm = ~forecast & (rows["workload"] != "LLM").to_numpy()
     names = [f"{c.split(':')[0].replace(' forecast', '')}, {s} {int(y)}"
              for c, s, y in zip(rows["claim"], rows["scope"], rows["year"], strict=True)]
-    labels = [*bands, *names]
-    fig, ax = plt.subplots(figsize=(6.4, 0.42 * len(labels) + 1.3))
+    labels = [*bands, *measured, *names]
+    fig, ax = plt.subplots(figsize=(7.6, 0.42 * len(labels) + 1.9))
     for i, (low, high) in enumerate(bands.values()):
         ax.plot([low, high], [i, i], color=SERVE, lw=9, solid_capstyle="butt", alpha=0.75)
-    y = np.arange(len(bands), len(labels))
+    first = len(bands) + len(measured)
+    y = np.arange(first, len(labels))
     llm = ~forecast & ~non_llm
-    ax.scatter(rows["inference_share"][llm], y[llm], color=TRAIN, s=55, zorder=3,
-               label="published measurement")
+    ax.scatter([*measured.values(), *rows["inference_share"][llm]],
+               [*range(len(bands), first), *y[llm]], color=TRAIN, s=55, zorder=3,
+               label="measurement, language models")
     ax.scatter(rows["inference_share"][non_llm], y[non_llm], facecolors="none", edgecolors=TRAIN, s=55,
                zorder=3, label="measurement, fleet not only LLMs")
     ax.scatter(rows["inference_share"][forecast], y[forecast], color=PALETTE["orange"], marker="D", s=50,
@@ -240,5 +253,9 @@ def plot_reality(shares: pd.DataFrame, bands: dict[str, tuple[float, float]]) ->
     ax.set_yticks(np.arange(len(labels)), labels, fontsize=10)
     ax.set(xlim=(0, 1), ylim=(-0.6, len(labels) - 0.4), xlabel="inference share of the total")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0%}"))
-    ax.legend(loc="lower center", bbox_to_anchor=(0.4, 1.0), ncols=2, fontsize=9, frameon=False)
+    ratios = [0.1, 0.5, 1, 2, 10]
+    top = ax.secondary_xaxis("top")
+    top.set_xticks([r / (1 + r) for r in ratios], [f"{r:g}×" for r in ratios])
+    top.set_xlabel("inference / training")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.3, -0.1), ncols=2, fontsize=9, frameon=False)
     return fig

@@ -221,18 +221,35 @@ def plot_decode(batch: int, overhead: float, *, latency: float, bandwidth: float
 
 
 @styled
-def plot_message_sizes(sizes: Mapping[str, float], colours: Sequence[str]) -> Figure:
-    """Bytes of each kind of message (``sizes``: label -> bytes) on a log axis, one bar each."""
-    labels = list(sizes)
-    fig, ax = plt.subplots(figsize=(6.4, 0.55 * len(labels) + 1.4))
-    y = np.arange(len(labels))[::-1]
-    ax.barh(y, list(sizes.values()), color=colours)
-    for yi, value in zip(y, sizes.values(), strict=True):
-        ax.text(value * 1.5, yi, _bytes(value), va="center", fontsize=10)
-    ax.set_yticks(y, labels, fontsize=10)
-    ax.set(xscale="log", xlim=(1e3, 1e14), xlabel="bytes")
-    ax.minorticks_off()
-    ax.xaxis.set_major_formatter(POW10)
+def plot_message_sizes(sizes: Mapping[str, float], colours: Sequence[str], *,
+                       per_token: Mapping[str, float] | None = None,
+                       per_token_colours: Sequence[str] | None = None) -> Figure:
+    """Bytes of each kind of message (``sizes``: label -> bytes) on a log axis, one bar each; with
+    ``per_token`` (label -> bytes per token), a second panel below of the same traffic per token,
+    the like-for-like comparison, coloured by ``per_token_colours``."""
+    panels = [(sizes, colours, "bytes per event")]
+    if per_token is not None:
+        if per_token_colours is None or len(per_token_colours) != len(per_token):
+            raise ValueError("per_token_colours must give one colour per entry of per_token")
+        panels.append((per_token, per_token_colours, "bytes per token"))
+    elif per_token_colours is not None:
+        raise ValueError("per_token_colours needs per_token")
+    rows = [len(panel[0]) for panel in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(6.4, 0.5 * sum(rows) + 1.4 * len(panels)),
+                             height_ratios=rows, squeeze=False)
+    for ax, (values, panel_colours, xlabel) in zip(axes[:, 0], panels, strict=True):
+        if len(panel_colours) != len(values):
+            raise ValueError(f"{xlabel}: one colour per bar is needed")
+        labels = list(values)
+        y = np.arange(len(labels))[::-1]
+        ax.barh(y, list(values.values()), color=panel_colours)
+        for yi, value in zip(y, values.values(), strict=True):
+            ax.text(value * 1.5, yi, _bytes(value), va="center", fontsize=10)
+        ax.set_yticks(y, labels, fontsize=10)
+        low = 10 ** np.floor(np.log10(min(values.values())))
+        ax.set(xscale="log", xlim=(min(low, 1e3), max(1e14, 1e3 * max(values.values()))), xlabel=xlabel)
+        ax.minorticks_off()
+        ax.xaxis.set_major_formatter(POW10)
     return fig
 
 
