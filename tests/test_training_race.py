@@ -239,3 +239,17 @@ def test_utilisation_to_beat_by_bisection_matches_a_direct_check(systems, run405
     below = race.chip_days(race.train(run405, mi, days=90, utilisation=u * 0.99))
     assert above <= race.chip_days(ref) / 1.1 < below
     assert math.isnan(race.utilisation_to_beat(run405, mi, ref, 100.0, days=90))
+
+
+def test_headroom_shrinks_what_a_chip_holds(systems, run405):
+    s = systems["GB200 NVL72 + InfiniBand"]
+    full = race.train(run405, s, days=90, utilisation=0.45)
+    tight = race.train(run405, s, days=90, utilisation=0.45, headroom=0.5)
+    r = memory.recipe("mixed-adam")
+    fast = run405.params * (r.weights + r.grads) + run405.activations(1)
+    # half of every tier usable: the count to hold is the full count of twice the bytes
+    assert tight.chips_to_hold == memory.chips_needed(2 * fast, s.chip, memory.TIERS,
+                                                      slow_bytes=2 * run405.params * r.optimizer)
+    assert tight.bytes_per_chip <= 0.5 * (186e9 + 120e9) and full.layout != tight.layout
+    with pytest.raises(ValueError, match="headroom"):
+        race.train(run405, s, days=90, utilisation=0.45, headroom=0.0)
