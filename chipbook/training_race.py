@@ -21,7 +21,7 @@ import pandas as pd
 from chipbook import _checks, data, memory, network
 
 #: What can bind a training run on a system, in the order the rule tests them.
-BINDS = ("numerics", "peak not published", "network not published", "capacity", "compute",
+BINDS = ("numerics", "peak not published", "network not published", "batch", "capacity", "compute",
          "scale-up bandwidth", "scale-out bandwidth")
 #: A step that spends less than this fraction computing (more time waiting on a link than computing)
 #: is said to be bound by its network.
@@ -167,12 +167,33 @@ class Outcome:
     binds: str
 
 
+def first_stage_share(layers: int, pipeline: int) -> float:
+    """Share of one micro-batch's whole-model activations that the fullest stage of a 1F1B pipeline
+    keeps when, as Llama 3 did, the first and last stages get one layer fewer than the others
+    [dubey2024llama, section 3.3.2]: stage i keeps (pp − i) micro-batches of its layers, the inner
+    stages m = (L + 2)/pp layers each, so the fullest holds max(pp·(m − 1), (pp − 1)·m) layer-passes
+    against the L of an even split (which :func:`chipbook.memory.layout_bytes_per_chip` counts)."""
+    layers = _checks.count("layers", layers)
+    pipeline = _checks.count("pipeline", pipeline)
+    if pipeline < 3:
+        return 1.0  # no inner stage to take the layers the end stages give up
+    inner = (layers + 2) / pipeline
+    return min(1.0, max(pipeline * (inner - 1), (pipeline - 1) * inner) / layers)
+
+
+def share_bytes(run: Run, layout: memory.Layout, recompute: str = "none") -> dict[str, float]:
+    """Bytes of each part of the run one chip of ``layout`` holds (weights, gradients, optimizer
+    state, activations: :func:`chipbook.memory.layout_bytes_per_chip`), the activations those of the
+    fullest pipeline stage with Llama 3's uneven split (:func:`first_stage_share`)."""
+    act = run.activations(layout.tensor, recompute) * first_stage_share(run.layers, layout.pipeline)
+    return memory.layout_bytes_per_chip(run.params, RECIPE, layout, activations_per_microbatch=act)
+
+
 def _fits(run: Run, chip: Mapping, layout: memory.Layout, recompute: str,
           headroom: float = 1.0) -> tuple[bool, float]:
     """Whether one chip of ``layout`` holds its share in ``headroom`` of each tier, and that share in
     bytes: weights, gradients and activations in the fast tiers, the optimizer state anywhere."""
-    parts = memory.layout_bytes_per_chip(run.params, RECIPE, layout,
-                                         activations_per_microbatch=run.activations(layout.tensor, recompute))
+    parts = share_bytes(run, layout, recompute)
     fast = headroom * sum(memory.tier_bytes(chip, t) for t in memory.FAST_TIERS)
     total = headroom * sum(memory.tier_bytes(chip, t) for t in memory.TIERS)
     need_fast = parts["weights"] + parts["gradients"] + parts["activations"]
@@ -235,9 +256,11 @@ def train(run: Run, system: System, *, days: float, utilisation: float, overlap:
     1. Chips to hold the run (:func:`chipbook.memory.chips_needed`, every tier) and chips to compute
        it in ``days`` at ``utilisation`` (a compute-only utilisation: the network's cost is added in
        step 4) of the dense 16-bit peak (:func:`chipbook.memory.chips_for_compute`); the run gets the
-       larger count, capped at the scale-up domain where the system has no scale-out network.
+       larger count (a system with no scale-out network in the book's data cannot grow beyond one
+       scale-up domain, and is not timed if it would need to).
     2. Tensor parallelism inside the scale-up domain, at most :data:`MAX_TENSOR` wide; of the layouts
-       of :func:`_candidates` whose share fits ``headroom`` of each chip's memory, with each mode of
+       of :func:`_candidates` whose share (:func:`share_bytes`) fits ``headroom`` of each chip's
+       memory, with each mode of
        :data:`RECOMPUTE` (full recomputation costs 8·N FLOP a token instead of 6·N,
        :func:`chipbook.memory.training_flop_per_token`, so the useful FLOP run at 6/8 of
        ``utilisation``; the forward all-reduces it repeats are not counted), the one with the fastest
@@ -251,8 +274,10 @@ def train(run: Run, system: System, *, days: float, utilisation: float, overlap:
        ``overlap`` of the compute), and days = F / (chips · peak · u · efficiency · 86 400).
 
     It binds, in this order: ``numerics`` (no training format published), ``peak not published``,
-    ``network not published`` (a link bandwidth blank), ``capacity`` (no layout fits, more chips
-    to hold than to compute, or a fit only with full recomputation), a bandwidth (efficiency below
+    ``network not published`` (a link bandwidth blank, or more chips than one domain and no
+    scale-out network), ``batch`` (more chips than tensor × pipeline × one sequence per replica:
+    the global batch cannot be split further), ``capacity`` (no layout fits, more chips to hold
+    than to compute, or a fit only with full recomputation), a bandwidth (efficiency below
     :data:`NETWORK_BOUND_BELOW`: the tier whose exposed seconds are largest) or ``compute``.
     """
     days = _checks.positive("days", days)
@@ -277,13 +302,19 @@ def train(run: Run, system: System, *, days: float, utilisation: float, overlap:
     if math.isnan(out) or (system.scale_up is not None and math.isnan(up)):
         return Outcome(system.name, binds="network not published", **{**blank, **counts})
     domain = _domain(system.scale_up)
-    cap = domain if system.scale_out is None else math.inf
-    chips = min(max(hold, compute), cap)
+    chips = max(hold, compute)
+    if system.scale_out is None and chips > domain:
+        # more chips than one scale-up domain and no data-centre network in the book's data
+        return Outcome(system.name, binds="network not published", **{**blank, **counts})
     tensor = 1 if system.scale_up is None else int(min(MAX_TENSOR, domain))
     sliced = (system.scale_up is not None and system.scale_up.get("fabric") == "torus"
               and system.scale_out is not None)
+    layouts = list(_candidates(run, chips, tensor))
+    if not layouts:
+        # more chips than tensor × pipeline × one sequence per replica: the global batch is too small
+        return Outcome(system.name, binds="batch", **{**blank, **counts})
     best = None
-    for recompute, layout in ((r, lay) for r in RECOMPUTE for lay in _candidates(run, chips, tensor)):
+    for recompute, layout in ((r, lay) for r in RECOMPUTE for lay in layouts):
         fits, need = _fits(run, system.chip, layout, recompute, headroom)
         if not fits:
             continue
@@ -316,8 +347,6 @@ def train(run: Run, system: System, *, days: float, utilisation: float, overlap:
         exposed["scale-out bandwidth"] -= tiers.pipeline / up
     if eff < NETWORK_BOUND_BELOW:
         binds = max(exposed, key=exposed.get)
-    elif chips < compute:
-        binds = "scale-out bandwidth"  # capped at one domain: no network to grow beyond it
     else:
         binds = "capacity" if hold > compute or recompute == "full" else "compute"
     name = f"TP{layout.tensor} PP{layout.pipeline} DP{layout.data} ZeRO-{layout.zero_stage}"
