@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from chipbook import _checks, data, memory, network
+from chipbook import _checks, data, market, memory, network
 
 #: What can bind a training run on a system, in the order the rule tests them.
 BINDS = ("numerics", "peak not published", "network not published", "batch", "capacity", "compute",
@@ -507,3 +507,13 @@ def run_cost(outcome: Outcome, usd_per_chip_hour: float) -> float:
     """Dollars a run costs at a rental price per chip-hour: chips × 24 · days × price; NaN where the
     run was not timed."""
     return chip_days(outcome) * 24 * _checks.positive("usd_per_chip_hour", usd_per_chip_hour)
+
+
+def usd_per_million_tokens(usd_per_chip_hour: float, tokens_per_s_per_chip: float) -> float:
+    """Dollars per million tokens of a chip rented at ``usd_per_chip_hour`` that serves
+    ``tokens_per_s_per_chip`` tokens a second for the whole hour: price / (3,600 · rate) × 10⁶. A
+    cost floor at that rate, not a price: no service is busy all hour at its bound, and a price
+    includes margin."""
+    price = _checks.positive("usd_per_chip_hour", usd_per_chip_hour)
+    rate = _checks.positive("tokens_per_s_per_chip", tokens_per_s_per_chip)
+    return price / (market.SECONDS_PER_HOUR * rate) * 1e6

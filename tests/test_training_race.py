@@ -271,3 +271,13 @@ def test_headroom_shrinks_what_a_chip_holds(systems, run405):
     assert tight.bytes_per_chip <= 0.5 * (186e9 + 120e9) and full.layout != tight.layout
     with pytest.raises(ValueError, match="headroom"):
         race.train(run405, s, days=90, utilisation=0.45, headroom=0.0)
+
+
+def test_usd_per_million_tokens_by_hand():
+    # an H100 at AWS's end-2024 Capacity Block rate, $39.33 an hour for 8 GPUs = $4.91625 a GPU-hour,
+    # serving 1,000 tokens/s all hour (3.6 million tokens): $1.365625 per million
+    assert race.usd_per_million_tokens(39.33 / 8, 1000.0) == pytest.approx(1.365625, rel=1e-9)
+    with pytest.raises(ValueError, match="tokens_per_s_per_chip"):
+        race.usd_per_million_tokens(4.9, 0.0)
+    with pytest.raises(ValueError, match="usd_per_chip_hour"):
+        race.usd_per_million_tokens(-1.0, 10.0)
