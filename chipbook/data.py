@@ -49,6 +49,7 @@ UNITS: dict[str, tuple[str, float, float]] = {
     "year": ("number", 1900, 2100),
     "W": ("number", 0, math.inf),
     "USD": ("number", 0, math.inf),
+    "ratio": ("number", 0, math.inf),
 }
 _HEADING = re.compile(r"^##\s+`?([\w.-]+\.csv)`?\s*$")
 _BIB_KEY = re.compile(r"^\s*@\w+\s*\{\s*([^,\s]+)\s*,", re.MULTILINE)

@@ -379,6 +379,21 @@ def decode_tokens_per_s(params: float, bytes_per_param: float, batch: float, *, 
     return min(peak_flop_s, intensity * bandwidth_b_s) / (market.FORWARD_FLOP_PER_PARAM * params)
 
 
+def prefill_seconds(params: float, prompt_tokens: int, *, peak_flop_s: float, utilisation: float,
+                    attention: market.Attention | None = None) -> float:
+    """Lower bound on the time to first token of one prompt of ``prompt_tokens`` tokens: prefill
+    runs all the prompt's tokens through the forward pass at once, in matrix products large enough
+    to be bound by compute, not memory [deepseekai2025inference]. It takes the prompt's forward FLOP
+    (:func:`chipbook.market.inference_flops`: 2·N a token [kaplan2020scaling], plus attention over
+    the prompt when ``attention`` is given) over ``utilisation`` × ``peak_flop_s``, the dense peak of
+    all the chips that share the prompt. Queueing, the network and the first decode step are left
+    out."""
+    prompt_tokens = _checks.count("prompt_tokens", prompt_tokens)
+    peak_flop_s = _checks.positive("peak_flop_s", peak_flop_s)
+    utilisation = _checks.fraction("utilisation", utilisation)
+    return market.inference_flops(params, prompt_tokens, attention) / (utilisation * peak_flop_s)
+
+
 def matmul_intensity(m: float, k: float, n: float, bytes_per_value: float) -> float:
     """Arithmetic intensity (FLOP per byte moved) of an (m×k)·(k×n) product that reads both inputs
     and writes the output once: 2·m·k·n / ((m·k + k·n + m·n)·bytes)."""

@@ -24,7 +24,8 @@ README = DATA / "README.md"
 NUMERIC_RANGE = {"count": (0, math.inf), "tokens": (0, math.inf), "days": (0, math.inf),
                  "FLOP": (0, math.inf), "GPU-hours": (0, math.inf), "TFLOP/s": (0, math.inf),
                  "GB": (0, math.inf), "GB/s": (0, math.inf), "MB": (0, math.inf), "us": (0, math.inf),
-                 "fraction": (0, 1), "year": (1900, 2100), "USD": (0, math.inf), "W": (0, math.inf)}
+                 "fraction": (0, 1), "year": (1900, 2100), "USD": (0, math.inf), "W": (0, math.inf),
+                 "ratio": (0, math.inf)}
 TEXT_UNITS = {"text", "year-month", "bibkey"}
 
 

@@ -523,3 +523,23 @@ def test_unrounded_peak_exceeds_the_model_only_by_pythons_own_objects():
         raw = m.peak_bytes(4, 128, 64, training=training, resolution=1)
         model = sum(m.mlp_model_bytes(4, 128, 64, training=training).values())
         assert 0 <= raw - model < 16 * 1024  # lists, tuples and array headers: a few KiB
+
+
+def test_prefill_seconds_by_hand_from_published_specs():
+    # Llama 3.1 70B (70e9 parameters, 80 layers, 64 heads of 128 [dubey2024llama]) prefilling a
+    # 2,048-token prompt on one H100 SXM (989 TFLOP/s dense BF16, NVIDIA's datasheet) at half its peak:
+    # 2 * 70e9 * 2048 = 2.8672e14 FLOP over 4.945e14 FLOP/s
+    got = m.prefill_seconds(7e10, 2048, peak_flop_s=989e12, utilisation=0.5)
+    assert got == pytest.approx(0.579818, rel=1e-5)
+    # with attention over the causal prompt: 4 * 80 * 8192 * 1024.5 = 2,685,665,280 FLOP more a token,
+    # (1.4e11 + 2.68566528e9) * 2048 = 2.92220e14 FLOP
+    attention = market.Attention.causal(80, 64 * 128, 2048)
+    got = m.prefill_seconds(7e10, 2048, peak_flop_s=989e12, utilisation=0.5, attention=attention)
+    assert got == pytest.approx(0.590941, rel=1e-5)
+    # two chips sharing the prompt halve it
+    assert m.prefill_seconds(7e10, 2048, peak_flop_s=2 * 989e12, utilisation=0.5) == pytest.approx(0.289909,
+                                                                                                    rel=1e-5)
+    with pytest.raises(ValueError, match="utilisation"):
+        m.prefill_seconds(7e10, 2048, peak_flop_s=989e12, utilisation=0.0)
+    with pytest.raises(ValueError, match="prompt_tokens"):
+        m.prefill_seconds(7e10, 0, peak_flop_s=989e12, utilisation=0.5)

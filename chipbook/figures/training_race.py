@@ -23,6 +23,7 @@ BIND_COLOURS = {
     "numerics": PALETTE["vermillion"],
     "peak not published": PALETTE["black"],
     "network not published": PALETTE["black"],
+    "batch": PALETTE["black"],
 }
 
 
