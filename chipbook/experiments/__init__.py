@@ -48,7 +48,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the chipbook package
 RESULTS_DIR = data.RESULTS_DIR
 KINDS = {"text": str, "int": int, "float": float}
 #: distributions whose versions a manifest records (those the experiments compute with)
-VERSIONED = ("numpy", "ml_dtypes", "pandas", "joblib")
+VERSIONED = ("numpy", "ml_dtypes", "pandas", "joblib", "torch")
 
 
 def names() -> list[str]:
