@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator
 
 from chipbook import fmt, numerics
 from chipbook.figures.market import POW10
@@ -305,8 +306,10 @@ def plot_outliers(excess: Mapping[str, tuple[np.ndarray, np.ndarray]],
     for ax in (left, right):
         ax.set(yscale="log", xlabel="gain of the outlier channels (log₂)")
         ax.minorticks_off()
-        ax.yaxis.set_major_formatter(POW10)
+    right.yaxis.set_major_formatter(POW10)
+    left.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    left.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     left.set(ylabel="held-out loss above the floor (nats)", title="training")
     right.set(ylabel="relative error of the cast, other channels", title="the cast of a product's input")
-    left.legend(fontsize=8)
+    left.legend(fontsize=8, loc="upper center")
     return fig
