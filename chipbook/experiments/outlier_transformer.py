@@ -19,13 +19,18 @@ product's input has channels M times larger than the rest, its weight rows M tim
 
 Casts (:func:`cast`, checked bit for bit against :func:`chipbook.numerics.quantize_scaled`): the
 forward product's two inputs in fp8 E4M3 (or int8), and the output gradient of every product in fp8
-E5M2 with one scale per tensor, as Transformer Engine's HYBRID recipe does [micikevicius2022fp8];
-each product accumulates in fp32. ``"tensor"`` scaling puts each tensor's largest magnitude on the
-format's largest value; ``"mx"`` gives each block of 32 consecutive elements along the product's
-reduction axis a power-of-two scale, the OCP MX rule [ocp2023mx]. The backward products reuse the
-forward's cast inputs. Attention's two products (scores and their weighted sum), the softmax, the
-LayerNorms, the embeddings and the output head stay in fp32, as DeepSeek-V3 keeps its embedding,
-head and attention out of FP8 [deepseekai2024deepseekv3].
+E5M2 with one scale per tensor (for the int8 recipe too), as Transformer Engine's HYBRID recipe casts
+gradients [micikevicius2022fp8]; each product accumulates in fp32. ``"tensor"`` scaling puts each
+tensor's current largest magnitude on the format's largest value (current scaling, not Transformer
+Engine's default delayed scaling from an amax history); ``"mx"`` gives each block of 32 consecutive
+elements along the *forward* product's reduction axis a power-of-two scale, the OCP MX rule
+[ocp2023mx]. The backward products reuse the forward's cast inputs, so "MXFP8" is MX in the forward
+pass only, with per-tensor E5M2 gradients: MX hardware casts each product's operands along that
+product's own reduction axis, backward included, which with channel outliers favours MX further; this
+emulation is a conservative bound for MX. Attention's two products (scores and their weighted sum), the
+softmax, the LayerNorms, the embeddings and the output head stay in fp32, as DeepSeek-V3 keeps its
+embedding, head and attention out of FP8 [deepseekai2024deepseekv3]. Losses are measured through the
+recipe's casts.
 """
 
 from __future__ import annotations

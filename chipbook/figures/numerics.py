@@ -283,7 +283,8 @@ def plot_outliers(excess: Mapping[str, tuple[np.ndarray, np.ndarray]],
     data's floor for each recipe (``excess[recipe] = (k values, values of shape (k, seeds))``; dots:
     the seed mean; bars: the seed range), with each of ``baselines`` (seed values; unaffected by the
     gain) as a horizontal line and band. Right: the relative error of the recipe's cast on the
-    channels that are not outliers (``cast_error``, same layout; seed mean)."""
+    channels that are not outliers (``cast_error``, same layout; seed mean). Dotted lines join the
+    gains that were run; the legend sits below the panels."""
     if not excess or set(cast_error) - set(excess):
         raise ValueError("excess must name every recipe of cast_error, and at least one")
     fig, (left, right) = plt.subplots(1, 2, figsize=(8.0, 3.8))
@@ -298,10 +299,10 @@ def plot_outliers(excess: Mapping[str, tuple[np.ndarray, np.ndarray]],
         ks, values = (np.asarray(a, dtype=float) for a in excess[label])
         mean = values.mean(axis=1)
         left.errorbar(ks, mean, yerr=(mean - values.min(axis=1), values.max(axis=1) - mean), color=colour,
-                      marker=markers[i % len(markers)], ms=5, capsize=3, label=label)
+                      marker=markers[i % len(markers)], ms=5, capsize=3, ls=":", label=label)
         if label in cast_error:
             ke, errors = (np.asarray(a, dtype=float) for a in cast_error[label])
-            right.plot(ke, errors.mean(axis=1), color=colour, marker=markers[i % len(markers)], ms=5,
+            right.plot(ke, errors.mean(axis=1), color=colour, marker=markers[i % len(markers)], ms=5, ls=":",
                        label=label)
     for ax in (left, right):
         ax.set(yscale="log", xlabel="gain of the outlier channels (log₂)")
@@ -311,5 +312,6 @@ def plot_outliers(excess: Mapping[str, tuple[np.ndarray, np.ndarray]],
     left.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     left.set(ylabel="held-out loss above the floor (nats)", title="training")
     right.set(ylabel="relative error of the cast, other channels", title="the cast of a product's input")
-    left.legend(fontsize=8, loc="upper center")
+    handles, labels = left.get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=len(labels), bbox_to_anchor=(0.5, -0.08))
     return fig
