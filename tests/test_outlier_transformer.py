@@ -83,8 +83,8 @@ def _losses(outlier_log2: int, fmt, scaling, steps: int = 3) -> list[float]:
 
 
 def test_outlier_gain_changes_nothing_in_fp32():
-    """The gain is a power of two, so in fp32 and in bf16 the network and its training are
-    bit-identical with and without it; a scaled cast sees the difference."""
+    """The gain is a power of two, so in fp32 the network and its training are bit-identical with and
+    without it; a cast sees the difference."""
     assert _losses(13, None, "none") == _losses(0, None, "none")
     # scaling by 2^k commutes with bf16 rounding (no value reaches its range limits)
     assert _losses(13, "bf16", "none") == _losses(0, "bf16", "none")
@@ -104,3 +104,9 @@ def test_schedule_warms_up_then_decays_to_zero():
     assert ot.lr_factor(10, 100, 10) == pytest.approx(1.0)
     assert ot.lr_factor(55, 100, 10) == pytest.approx(0.5)
     assert ot.lr_factor(100, 100, 10) == pytest.approx(0.0)
+
+
+def test_format_constants_agree_with_chipbook_numerics():
+    assert ot.MX_BLOCK == nm.MX_BLOCK and ot.E8M0_RANGE == nm.E8M0_RANGE
+    for fmt in ("fp8_e4m3", "fp8_e5m2", "bf16", "int8"):
+        assert ot._largest(fmt) == nm.get_format(fmt).max
