@@ -174,20 +174,36 @@ def spacing(x: ArrayLike, fmt: str) -> np.ndarray:
     return np.ldexp(1.0, np.maximum(e - 1, f.emin) - f.mantissa_bits)
 
 
-def quantize_stochastic(x: ArrayLike, fmt: str, rng: np.random.Generator) -> np.ndarray:
+def quantize_stochastic(x: ArrayLike, fmt: str, rng: np.random.Generator,
+                        random_bits: int | None = None) -> np.ndarray:
     """Stochastic rounding [gupta2015deep]: round ``x`` down or up to one of the two enclosing values
     of ``fmt`` with probability proportional to its distance from the other, so that the expected
-    result is ``x``. Values beyond the range saturate to ±max; NaN and ±inf pass as they are."""
+    result is ``x``. Values beyond the range saturate to ±max; NaN and ±inf pass as they are.
+
+    With ``random_bits = r``, as hardware does it with an r-bit random number: an r-bit uniform
+    integer R is added to the first r bits dropped below the kept ones and the sum is truncated, so
+    the value rounds up with probability floor(p·2^r)/2^r instead of p (p: the distance to the lower
+    value in units of the gap). The expected result then falls short of ``x`` by up to 2^-r of a gap,
+    and a remainder below 2^-r of a gap never rounds up [croci2022stochastic, arar2026limited]."""
     f = get_format(fmt)
     if not isinstance(rng, np.random.Generator):
         raise ValueError("rng must be a numpy Generator (np.random.default_rng(seed))")
+    if random_bits is not None:
+        random_bits = _checks.count("random_bits", random_bits)
+        if random_bits > 32:
+            raise ValueError(f"random_bits must be None or 1 … 32, got {random_bits}")
     x64 = _as_float32("x", x).astype(np.float64)
     a = np.abs(x64)
     step = spacing(a, fmt)
     with np.errstate(invalid="ignore"):
         down = np.floor(a / step) * step
         up_prob = (a - down) / step
-        rounded = np.where(rng.random(a.shape) < up_prob, down + step, down)
+        if random_bits is None:
+            up = rng.random(a.shape) < up_prob
+        else:
+            levels = 2**random_bits
+            up = rng.integers(0, levels, size=a.shape) < np.floor(up_prob * levels)
+        rounded = np.where(up, down + step, down)
     rounded = np.minimum(rounded, f.max)
     out = np.where(np.isfinite(x64), np.copysign(rounded, x64), x64)
     return out.astype(np.float32)
@@ -303,9 +319,13 @@ def round_mantissa(x: ArrayLike, bits: int, mode: str = "nearest") -> np.ndarray
 
 
 def dot_accumulate(a: ArrayLike, b: ArrayLike, bits: ArrayLike, promote_every: ArrayLike | None = None,
-                   mode: str = "nearest", *, prefixes: bool = False) -> np.ndarray:
+                   mode: str = "nearest", *, prefixes: bool = False, fused: bool = True) -> np.ndarray:
     """Dot products along the last axis with a running sum rounded to ``bits`` fraction bits after
-    every addition (the products themselves are exact, as those of FP8 or BF16 inputs are in fp32).
+    every addition. ``fused=True``: each product enters the addition exact and the sum is rounded
+    once, a fused multiply-add (the products of FP8 or BF16 inputs are exact in fp32);
+    ``fused=False``: each product is first rounded to ``bits`` fraction bits (same ``mode``), a
+    multiply and an add rounded separately [higham2002accuracy, section 2.6]. A product of FP8 inputs
+    has at most 8 significant bits, so with 7 or more fraction bits the two agree exactly.
 
     With ``promote_every = N`` the limited-precision partial sum is added to an fp32 accumulator and
     restarted every N products, as DeepSeek-V3 does on H800 tensor cores with N = 128
@@ -318,10 +338,16 @@ def dot_accumulate(a: ArrayLike, b: ArrayLike, bits: ArrayLike, promote_every: A
     if prods.ndim == 0 or prods.shape[-1] < 1:
         raise ValueError("a and b must have at least one element along their last axis")
     _checks.choice("mode", mode, ("nearest", "truncate"))
+    if not isinstance(fused, bool):
+        raise ValueError(f"fused must be True or False, got {fused!r}")
     lead = prods.shape[:-1]
     bits_arr = np.broadcast_to(np.asarray(bits), lead)
     if bits_arr.dtype.kind not in "iu" or np.any(bits_arr < 1) or np.any(bits_arr > 52):
         raise ValueError(f"bits must be whole numbers in 1 … 52, got {bits!r}")
+    if not fused:
+        m, e = np.frexp(prods)
+        shift = bits_arr.astype(np.int64)[..., None] + 1
+        prods = np.ldexp((np.rint if mode == "nearest" else np.trunc)(np.ldexp(m, shift)), e - shift)
     every = np.broadcast_to(np.asarray(0 if promote_every is None else promote_every), lead)
     if every.dtype.kind not in "iu" or np.any(every < 0):
         raise ValueError(f"promote_every must be None or whole numbers >= 0, got {promote_every!r}")
@@ -1051,9 +1077,21 @@ def _fp8_vectors(shape, inputs: str, rng: np.random.Generator) -> tuple[np.ndarr
             quantize(draw(shape), "fp8_e4m3").astype(np.float64))
 
 
+NORMALISATIONS = ("sum", "abs")
+
+
+def _reference(products: np.ndarray, normalise: str) -> np.ndarray:
+    """What an error is relative to, per prefix of ``products``: |s| (``"sum"``) or Σ|a_i b_i|
+    (``"abs"``, Higham's normalisation, free of the sum's cancellation [higham2002accuracy, chapter 4])."""
+    _checks.choice("normalise", normalise, NORMALISATIONS)
+    return np.abs(np.cumsum(products if normalise == "sum" else np.abs(products), axis=-1))
+
+
 def accumulation_errors(k_max: int, bits: Sequence[int], promote: Sequence[int | None], *, trials: int = 32,
-                        seed: int = 0, mode: str = "nearest", inputs: str = "uniform") -> np.ndarray:
-    """Relative error |ŝ − s| / |s| of every prefix (K = 1 … k_max) of ``trials`` dot products of
+                        seed: int = 0, mode: str = "nearest", inputs: str = "uniform",
+                        normalise: str = "sum") -> np.ndarray:
+    """Relative error |ŝ − s| / |s| (or |ŝ − s| / Σ|a_i b_i| with ``normalise="abs"``) of every prefix
+    (K = 1 … k_max) of ``trials`` dot products of
     FP8 E4M3 vectors, entries uniform in (0, 1) (all products positive: the sum grows steadily and
     the error of rounding to nearest is close to its bound) or standard normal (``inputs="gaussian"``:
     sums that cancel, so truncation errs by more relative to the result), accumulated one product at
@@ -1061,6 +1099,7 @@ def accumulation_errors(k_max: int, bits: Sequence[int], promote: Sequence[int |
     ``promote`` (None: never), against the exact sum. Shape (len(bits), len(promote), trials, k_max)."""
     k_max, trials = _checks.count("k_max", k_max), _checks.count("trials", trials)
     seed = _checks.count("seed", seed, minimum=0)
+    _checks.choice("normalise", normalise, NORMALISATIONS)
     a, b = _fp8_vectors((trials, k_max), inputs, np.random.default_rng([seed, 4]))
     nb, npr = len(bits), len(promote)
     bits_grid = np.broadcast_to(np.asarray(bits, dtype=np.int64)[:, None, None], (nb, npr, trials))
@@ -1069,11 +1108,12 @@ def accumulation_errors(k_max: int, bits: Sequence[int], promote: Sequence[int |
     got = dot_accumulate(np.broadcast_to(a, (nb, npr, trials, k_max)), b, bits_grid, every_grid, mode,
                          prefixes=True)
     exact = np.cumsum(a * b, axis=-1)  # float64: exact to ~1e-16, far below every error measured here
-    return np.abs(got - exact) / np.abs(exact)
+    return np.abs(got - exact) / _reference(a * b, normalise)
 
 
 def block_accumulation_errors(k_max: int, bits: int, block: int = 16, promote: int | None = None, *,
-                              trials: int = 32, seed: int = 0, inputs: str = "uniform") -> np.ndarray:
+                              trials: int = 32, seed: int = 0, inputs: str = "uniform",
+                              normalise: str = "sum") -> np.ndarray:
     """As :func:`accumulation_errors`, for the block accumulator of :func:`block_dot` (alignment
     truncation to ``bits`` fraction bits, ``block`` products a step, promotion every ``promote``):
     the relative error after each block, K = block, 2·block, … Shape (trials, k_max // block)."""
@@ -1082,7 +1122,8 @@ def block_accumulation_errors(k_max: int, bits: int, block: int = 16, promote: i
     if k_max % block:
         raise ValueError(f"k_max must be a multiple of block = {block}, got {k_max}")
     seed = _checks.count("seed", seed, minimum=0)
+    _checks.choice("normalise", normalise, NORMALISATIONS)
     a, b = _fp8_vectors((trials, k_max), inputs, np.random.default_rng([seed, 4]))
     got = block_dot(a, b, bits, block, promote, prefixes=True)
     exact = np.cumsum(a * b, axis=-1)[:, block - 1::block]
-    return np.abs(got - exact) / np.abs(exact)
+    return np.abs(got - exact) / _reference(a * b, normalise)[:, block - 1::block]

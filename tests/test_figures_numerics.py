@@ -138,3 +138,36 @@ def test_sweep_highlight_fades_the_others(runs):
 def test_state_drift_bars_are_the_mean_drift(runs):
     fig = figures.plot_state_drift(runs, {"bf16": np.array([0.01, 0.03])})
     assert fig.axes[1].patches[0].get_height() == pytest.approx(0.02)
+
+
+def test_state_curves_are_differences_from_the_reference(runs):
+    """The left panel draws each run's loss minus the reference's, seed by seed, so that runs whose
+    curves nearly coincide do not sit on top of one another."""
+    fig = figures.plot_state_drift(runs, {"bf16": np.array([0.01, 0.03])})
+    left = fig.axes[0]
+    zero, line = left.get_lines()
+    assert set(zero.get_ydata()) == {0}
+    by_hand = (runs["bf16"].loss[:, 0, :] - runs["fp32"].loss[:, 0, :]).mean(axis=1)
+    np.testing.assert_allclose(line.get_ydata(), by_hand)
+    assert left.get_yscale() == "symlog"
+    with pytest.raises(ValueError, match="runs must hold the reference"):
+        figures.plot_state_drift({"fp32": runs["fp32"]}, {})
+
+
+def test_outlier_points_are_seed_means_and_ranges():
+    ks = np.array([0, 6, 13])
+    excess = {"per-tensor": (ks, np.array([[0.1, 0.3], [0.2, 0.4], [1.0, 3.0]])),
+              "MX": (ks[:2], np.array([[0.1, 0.1], [0.2, 0.2]]))}
+    errors = {"per-tensor": (ks, np.array([[0.01, 0.03], [0.02, 0.02], [0.5, 0.7]]))}
+    fig = figures.plot_outliers(excess, errors, {"fp32": np.array([0.05, 0.07])})
+    left, right = fig.axes
+    assert left.get_lines()[0].get_ydata()[0] == pytest.approx(0.06)  # the baseline's mean
+    points = [line for line in left.get_lines() if line.get_marker() in ("o", "s")]
+    np.testing.assert_allclose(points[0].get_xdata(), ks)
+    np.testing.assert_allclose(points[0].get_ydata(), [0.2, 0.3, 2.0])
+    np.testing.assert_allclose(points[1].get_ydata(), [0.1, 0.2])
+    bars = left.containers[0].lines[2][0].get_segments()  # the per-tensor run's seed ranges
+    np.testing.assert_allclose([(s[0][1], s[1][1]) for s in bars], [(0.1, 0.3), (0.2, 0.4), (1.0, 3.0)])
+    np.testing.assert_allclose(right.get_lines()[0].get_ydata(), [0.02, 0.02, 0.6])
+    with pytest.raises(ValueError, match="excess must name every recipe"):
+        figures.plot_outliers({}, {}, {})

@@ -747,3 +747,55 @@ def test_paired_difference_and_ratio_by_hand():
     assert rel_se == pytest.approx(np.log(2.0) / 2)  # |log 4 − log 2| / 2 = sd / √2 with sd = log2/√2
     with pytest.raises(ValueError, match="paired vectors"):
         tuning.paired_difference([1.0, 2.0], [1.0])
+
+
+# --- few random bits, fused or separate rounding, errors relative to Σ|a_i b_i| ------------------------
+
+
+def test_stochastic_rounding_with_few_random_bits_rounds_up_at_the_truncated_probability():
+    """With r random bits a value p of a gap above the lower neighbour rounds up with probability
+    floor(p·2^r)/2^r: counted over many draws."""
+    gap = float(nm.spacing(1.0, "bf16"))
+    rng = np.random.default_rng(0)
+    for p, r, expected in [(0.3, 2, 0.25), (0.3, 4, 4 / 16), (0.2, 2, 0.0), (0.2, 8, 51 / 256)]:
+        x = np.full(200_000, 1.0 + p * gap, dtype=np.float32)
+        up = (nm.quantize_stochastic(x, "bf16", rng, random_bits=r) > 1.0).mean()
+        assert up == pytest.approx(expected, abs=0.004), (p, r)
+    x = np.full(200_000, 1.0 + 0.3 * gap, dtype=np.float32)
+    assert (nm.quantize_stochastic(x, "bf16", rng) > 1.0).mean() == pytest.approx(0.3, abs=0.004)
+    with pytest.raises(ValueError, match="random_bits"):
+        nm.quantize_stochastic(x, "bf16", rng, random_bits=0)
+
+
+def test_separate_rounding_is_fused_accumulation_of_rounded_products():
+    """fused=False equals rounding each product first (by round_mantissa) and accumulating those
+    exactly-representable products fused; FP8 products (at most 8 significant bits) are unaffected
+    at 13 bits, bf16 products are not."""
+    rng = np.random.default_rng(1)
+    a, b = (nm.quantize(rng.standard_normal((16, 256)), "bf16") for _ in range(2))
+    separate = nm.dot_accumulate(a, b, 13, fused=False)
+    by_hand = nm.dot_accumulate(nm.round_mantissa(a.astype(np.float64) * b, 13), np.ones(256), 13)
+    np.testing.assert_array_equal(separate, by_hand)
+    assert np.any(separate != nm.dot_accumulate(a, b, 13))
+    a8, b8 = nm.quantize(rng.random((4, 256)), "fp8_e4m3"), nm.quantize(rng.random((4, 256)), "fp8_e4m3")
+    np.testing.assert_array_equal(nm.dot_accumulate(a8, b8, 13, fused=False), nm.dot_accumulate(a8, b8, 13))
+    with pytest.raises(ValueError, match="fused"):
+        nm.dot_accumulate(a, b, 13, fused=1)
+
+
+def test_errors_relative_to_the_sum_of_magnitudes():
+    """For positive products Σ|a_i b_i| is the sum itself; for Gaussian ones it is larger, so the
+    error relative to it is smaller, by exactly |s| / Σ|a_i b_i|."""
+    uniform = nm.accumulation_errors(64, [10], [None], trials=4)
+    again = nm.accumulation_errors(64, [10], [None], trials=4, normalise="abs")
+    np.testing.assert_array_equal(again, uniform)
+    rel = nm.accumulation_errors(64, [10], [None], trials=4, inputs="gaussian")
+    absn = nm.accumulation_errors(64, [10], [None], trials=4, inputs="gaussian", normalise="abs")
+    a, b = nm._fp8_vectors((4, 64), "gaussian", np.random.default_rng([0, 4]))
+    ratio = np.abs(np.cumsum(a * b, axis=-1)) / np.cumsum(np.abs(a * b), axis=-1)
+    np.testing.assert_allclose(absn[0, 0], rel[0, 0] * ratio, rtol=1e-12)
+    blocks = nm.block_accumulation_errors(64, 10, 16, inputs="gaussian", trials=4, normalise="abs")
+    blocks_rel = nm.block_accumulation_errors(64, 10, 16, inputs="gaussian", trials=4)
+    np.testing.assert_allclose(blocks, blocks_rel * ratio[:, 15::16], rtol=1e-12)
+    with pytest.raises(ValueError, match="normalise"):
+        nm.accumulation_errors(64, [10], [None], normalise="max")

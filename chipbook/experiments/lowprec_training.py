@@ -82,6 +82,25 @@ WIDE = {"d_in": 128, "hidden": 64}
 SPIKE = [60, 100.0]
 
 
+#: one knob at a time around the tuned point (fp32's best learning rate, the sweep's schedule and
+#: seeds), for recipes whose numerics differ: (knob, the settings of each value, its label); the first
+#: value of each knob is the tuned point's own
+KNOBS = {"ε": [({"optimizer_kwargs": {"eps": v}}, f"{v:g}") for v in (1e-8, 1e-6, 1e-4)],
+         "β₂": [({"optimizer_kwargs": {"betas": [0.9, v]}}, f"{v:g}") for v in (0.999, 0.99, 0.9999)],
+         "warm-up steps": [({"warmup": v}, str(v)) for v in (20, 0, 80)]}
+KNOB_RECIPES = {"fp32": {}, "fp8, current scaling": {**_FP8, "scaling": "tensor"},
+                "bf16, no master copy": {**_BF16, "weights": "bf16"}}
+#: the loss scaler's growth interval, for fp16 at a language model's 2^15 terms per rank (the first: the
+#: interval of the switching experiment's fp16 run, chipbook.numerics.train's default)
+GROWTH = [50, 10, 200, 2000]
+FP16_LM = "fp16, dynamic loss scaling, D = 32768"
+
+
+def knob_label(recipe: str, knob: str, value: str) -> str:
+    """The label of a run of the knob group."""
+    return f"{recipe}; {knob} = {value}"
+
+
 def _points(group: str, recipes: dict, lrs: list, **extra) -> list[dict]:
     return [{"group": group, "label": label, "recipe": recipe, "lrs": lrs, **extra}
             for label, recipe in recipes.items()]
@@ -121,6 +140,13 @@ _GRID = [
       for name, fmt in FORMATS.items()],
     *[{"group": "kept", "label": name, "recipe": {**fmt, **_KEPT[name]}, "lrs": _BEST, "train": _SCHEDULE}
       for name, fmt in FORMATS.items()],
+    *[{"group": "knobs", "label": knob_label(name, knob, label), "recipe": recipe, "lrs": _BEST,
+       "train": {**SWEEP_TRAIN, **setting}}
+      for name, recipe in KNOB_RECIPES.items() for knob, values in KNOBS.items() for setting, label in values
+      if not (knob != "ε" and setting == values[0][0])],  # the tuned point once, as its ε value
+    *[{"group": "knobs", "label": knob_label(FP16_LM, "growth interval", str(g)),
+       "recipe": {**_FP16, "loss_scale": "dynamic"}, "lrs": _BEST,
+       "train": {**SWEEP_TRAIN, "loss_divisor": 2**15, "growth_interval": g}} for g in GROWTH],
     # the same, and fp32, at ten times fp32's best learning rate (four grid steps up)
     {"group": "kept_fast", "label": "fp32", "recipe": {}, "lrs": [_grid(BEST + 4)], "train": _SCHEDULE},
     *[{"group": "kept_fast", "label": name, "recipe": {**fmt, **_KEPT[name]}, "lrs": [_grid(BEST + 4)],

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator
 
 from chipbook import fmt, numerics
 from chipbook.figures.market import POW10
@@ -212,13 +213,27 @@ def plot_scaling_spike(runs: Mapping[str, numerics.Run], spike_step: int) -> Fig
 
 @styled
 def plot_state_drift(runs: Mapping[str, numerics.Run], drift: Mapping[str, np.ndarray]) -> Figure:
-    """Left: loss curves of the same training with the optimizer state held in each format.
-    Right: each run's final distance from the fp32 run's weights, relative to how far the fp32
-    run moved (bars: mean over seeds; dots: each seed)."""
+    """Left: the training loss of each run after the first (the reference, fp32 state) minus the
+    reference's loss of the same seed, against step (line: mean over seeds; band: the seeds), on a
+    scale linear within ±10⁻⁴ and logarithmic beyond, so that curves that nearly coincide separate.
+    Right: each run's final distance from the reference run's weights, relative to how far the
+    reference moved (bars: mean over seeds; dots: each seed)."""
+    if len(runs) < 2:
+        raise ValueError("runs must hold the reference (first) and at least one other run")
     fig, (left, right) = plt.subplots(1, 2, figsize=(7.6, 3.9), width_ratios=(1.4, 1))
+    reference_name, reference = next(iter(runs.items()))
+    left.axhline(0, color=COLOURS[0], lw=1.2, label=f"{reference_name} (reference)")
     for i, (label, run) in enumerate(runs.items()):
-        _band(left, run, 0, COLOURS[i % len(COLOURS)], label, ls="-" if i % 2 == 0 else "--")
-    left.set(xlabel="training step", ylabel="training loss", title="NAdam, state in …")
+        if i == 0:
+            continue
+        diff = run.loss[:, 0, :] - reference.loss[:, 0, :]
+        colour = COLOURS[i % len(COLOURS)]
+        left.plot(run.eval_steps, diff.mean(axis=1), color=colour, ls="-" if i % 2 == 0 else "--",
+                  label=label)
+        left.fill_between(run.eval_steps, diff.min(axis=1), diff.max(axis=1), color=colour, alpha=0.2, lw=0)
+    left.set_yscale("symlog", linthresh=1e-4)
+    left.set(xlabel="training step", ylabel=f"training loss minus {reference_name}'s",
+             title="NAdam, state in …")
     left.legend(fontsize=8)
     names = list(drift)
     x = np.arange(len(names))
@@ -257,4 +272,46 @@ def plot_inference(reference: np.ndarray, columns: Mapping[str, Mapping[str, np.
     ax.set(ylim=(0, 1), xticks=x, ylabel="test accuracy", title="Serving in low precision vs training in it")
     ax.set_xticklabels(names, fontsize=10)
     ax.legend(fontsize=8, loc="lower left")
+    return fig
+
+
+@styled
+def plot_outliers(excess: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                  cast_error: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                  baselines: Mapping[str, np.ndarray]) -> Figure:
+    """The outlier experiment against the outlier channels' gain 2^k. Left: held-out loss above the
+    data's floor for each recipe (``excess[recipe] = (k values, values of shape (k, seeds))``; dots:
+    the seed mean; bars: the seed range), with each of ``baselines`` (seed values; unaffected by the
+    gain) as a horizontal line and band. Right: the relative error of the recipe's cast on the
+    channels that are not outliers (``cast_error``, same layout; seed mean). Dotted lines join the
+    gains that were run; the legend sits below the panels."""
+    if not excess or set(cast_error) - set(excess):
+        raise ValueError("excess must name every recipe of cast_error, and at least one")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8.0, 3.8))
+    for i, (label, base) in enumerate(baselines.items()):
+        b = np.asarray(base, dtype=float)
+        colour = (PALETTE["black"], PALETTE["sky"])[i % 2]
+        left.axhspan(b.min(), b.max(), color=colour, alpha=0.15, lw=0)
+        left.axhline(b.mean(), color=colour, lw=1.2, ls="-" if i % 2 == 0 else "--", label=label)
+    markers = "osD^v"
+    for i, label in enumerate(excess):
+        colour = COLOURS[(i + 1) % len(COLOURS)]
+        ks, values = (np.asarray(a, dtype=float) for a in excess[label])
+        mean = values.mean(axis=1)
+        left.errorbar(ks, mean, yerr=(mean - values.min(axis=1), values.max(axis=1) - mean), color=colour,
+                      marker=markers[i % len(markers)], ms=5, capsize=3, ls=":", label=label)
+        if label in cast_error:
+            ke, errors = (np.asarray(a, dtype=float) for a in cast_error[label])
+            right.plot(ke, errors.mean(axis=1), color=colour, marker=markers[i % len(markers)], ms=5, ls=":",
+                       label=label)
+    for ax in (left, right):
+        ax.set(yscale="log", xlabel="gain of the outlier channels (log₂)")
+        ax.minorticks_off()
+    right.yaxis.set_major_formatter(POW10)
+    left.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    left.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    left.set(ylabel="held-out loss above the floor (nats)", title="training")
+    right.set(ylabel="relative error of the cast, other channels", title="the cast of a product's input")
+    handles, labels = left.get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=len(labels), bbox_to_anchor=(0.5, -0.08))
     return fig
