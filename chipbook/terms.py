@@ -22,6 +22,7 @@ from chipbook.lab import cell_source
 #: written; a word pattern matches in any case.
 TERMS: dict[str, str] = {
     "6ND": r"\b6ND\b",
+    "amax": r"\bamax\b",
     "Accelerator-hours": r"(?i)\baccelerator-hours?\b",
     "All-reduce": r"(?i)\ball-reduces?\b",
     "All-to-all": r"(?i)\ball-to-all\b",
@@ -64,6 +65,7 @@ TERMS: dict[str, str] = {
     "MLA": r"\bMLA\b",
     "Monte Carlo": r"\bMonte Carlo\b",
     "MX": r"\bMX\b",
+    "NAdam": r"\bNAdam\b",
     "One-shot and two-shot all-reduce": r"(?i)\b(?:one|two)-shot\b",
     "Prefill": r"(?i)\bprefill\b",
     "Recomputation": r"(?i)\brecomputation\b",
@@ -73,7 +75,10 @@ TERMS: dict[str, str] = {
     "Scale-out": r"(?i)\bscale-out\b",
     "SRAM": r"\bSRAM\b",
     "Stochastic rounding": r"(?i)\bstochastic rounding\b",
+    "Subnormal": r"(?i)\bsubnormals?\b",
     "Swamping": r"(?i)\bswamping\b",
+    "Tensor core": r"(?i)\btensor cores?\b",
+    "TF32": r"\bTF32\b",
     "Tensor parallelism": r"(?i)\btensor parallelism\b",
     "Torus": r"(?i)\btor(?:us|i)\b",
     "ulp": r"\bulp\b",
