@@ -696,6 +696,7 @@ class Run:
     test_loss: np.ndarray       # (lrs, seeds) fp32 cross-entropy on the held-out (test) examples
     flushed: np.ndarray         # (lrs, seeds) share of non-zero activation gradients the cast made zero
     skipped: np.ndarray         # (lrs, seeds) steps skipped for an overflow
+    clipped: np.ndarray         # (lrs, seeds) steps whose gradient norm was clipped
     params: list[np.ndarray]    # final weights, leading axis = lrs × seeds
     grad_sample: np.ndarray     # magnitudes of the first model's activation gradients (unscaled, fp32)
     loss_scale: np.ndarray      # (steps, lrs × seeds) the loss scale used at each step
@@ -916,10 +917,23 @@ def lr_factor(step: int, steps: int, schedule: str = "constant", warmup: int = 0
     return warm * (1.0 if schedule == "constant" else 0.5 * (1 + np.cos(np.pi * step / steps)))
 
 
+def clip_by_norm(grads: Sequence[np.ndarray], max_norm: float) -> tuple[list[np.ndarray], np.ndarray]:
+    """Clip each model's gradients (arrays whose leading axis is the model) to a global L2 norm of
+    ``max_norm``, as PyTorch's ``clip_grad_norm_``: every gradient times min(1, max_norm / (norm +
+    10⁻⁶)), in float32 [pytorch2024clipgradnorm]. Returns the clipped gradients and, per model,
+    whether it was clipped."""
+    max_norm = np.float32(_checks.positive("max_norm", max_norm))
+    n = grads[0].shape[0]
+    norm = np.sqrt(sum(np.square(g, dtype=np.float32).reshape(n, -1).sum(axis=1) for g in grads))
+    coef = np.minimum(np.float32(1), max_norm / (norm + np.float32(1e-6))).astype(np.float32)
+    return [g * coef.reshape((n,) + (1,) * (g.ndim - 1)) for g in grads], coef < 1
+
+
 def train(recipe: Recipe, task: Task, lrs, seeds: Sequence[int], *, steps: int = 120, batch: int = 64,
           hidden: int = 32, loss_divisor: int | None = None, eval_every: int = 10, eval_examples: int = 512,
           growth_interval: int = 50, init_scale: float = 2.0**16, schedule: str = "constant", warmup: int = 0,
-          spike: tuple[int, float] | None = None, optimizer_kwargs: dict | None = None) -> Run:
+          spike: tuple[int, float] | None = None, optimizer_kwargs: dict | None = None,
+          clip_norm: float | None = None) -> Run:
     """Train one network per (learning rate, seed) under ``recipe``, all at once (vectorised).
 
     Each step draws a micro-batch of ``batch`` examples, one data-parallel rank's. Its loss is the
@@ -933,7 +947,8 @@ def train(recipe: Recipe, task: Task, lrs, seeds: Sequence[int], *, steps: int =
     gives the same start for every learning rate and recipe. A step with a non-finite gradient is
     skipped for that model (weights and optimizer state stay as they were). ``schedule`` and
     ``warmup`` shape the learning rate (:func:`lr_factor`). ``spike = (step, k)`` multiplies that
-    step's loss by k (a gradient spike). The loss curve is the fp32 loss of the stored weights on
+    step's loss by k (a gradient spike). ``clip_norm`` clips each model's gradient, once unscaled, to
+    that global L2 norm (:func:`clip_by_norm`). The loss curve is the fp32 loss of the stored weights on
     the first ``eval_examples`` training examples, every ``eval_every`` steps.
     """
     lrs = np.atleast_1d(_checks.positive("lrs", lrs)).astype(np.float32)
@@ -950,6 +965,8 @@ def train(recipe: Recipe, task: Task, lrs, seeds: Sequence[int], *, steps: int =
     init_scale = _checks.positive("init_scale", init_scale)
     _checks.choice("schedule", schedule, SCHEDULES)
     warmup = _checks.count("warmup", warmup, minimum=0)
+    if clip_norm is not None:
+        clip_norm = _checks.positive("clip_norm", clip_norm)
     if spike is not None:
         if not isinstance(spike, (tuple, list)) or len(spike) != 2:
             raise ValueError(f"spike must be None or a pair (step, factor), got {spike!r}")
@@ -969,7 +986,7 @@ def train(recipe: Recipe, task: Task, lrs, seeds: Sequence[int], *, steps: int =
     cast = _Caster(recipe, n)
     dynamic = recipe.loss_scale == "dynamic"
     scale = np.full(n, init_scale if dynamic else float(recipe.loss_scale))
-    good, skipped, counts = np.zeros(n, int), np.zeros(n, int), np.zeros((2, n))
+    good, skipped, clipped, counts = np.zeros(n, int), np.zeros(n, int), np.zeros(n, int), np.zeros((2, n))
     scale_log, flush_log, error_log = np.empty((steps, n)), np.empty((steps, n)), np.empty((steps, n))
     skip_log = np.zeros((steps, n), bool)
     eval_steps = np.arange(0, steps + 1, eval_every)
@@ -994,6 +1011,9 @@ def train(recipe: Recipe, task: Task, lrs, seeds: Sequence[int], *, steps: int =
             grads = [g * unscale.reshape(shp) for g, shp in zip(grads, shapes, strict=True)]
             finite = np.all([np.isfinite(g).reshape(n, -1).all(axis=1) for g in grads], axis=0)
             grads = _where(finite, grads, [np.float32(0)] * 4, shapes)
+            if clip_norm is not None:
+                grads, cut = clip_by_norm(grads, clip_norm)
+                clipped += cut
             saved = _optimizer_state(opt)
             opt.lr = (base_lr * lr_factor(step, steps, schedule, warmup)).astype(np.float32)
             new = opt.step(params, grads)
@@ -1019,6 +1039,7 @@ def train(recipe: Recipe, task: Task, lrs, seeds: Sequence[int], *, steps: int =
         loss=np.asarray(losses).reshape(-1, *grid), test_accuracy=accuracy_.reshape(grid),
         test_loss=test_loss.reshape(grid),
         flushed=(counts[1] / np.maximum(counts[0], 1)).reshape(grid), skipped=skipped.reshape(grid),
+        clipped=clipped.reshape(grid),
         params=params, grad_sample=np.concatenate(samples), loss_scale=scale_log,
         flush_trace=flush_log, error_trace=error_log, skip_trace=skip_log,
     )

@@ -590,6 +590,36 @@ def test_recipes_reject_bad_settings(kwargs, message):
         nm.Recipe(**kwargs)
 
 
+def test_clipping_matches_torch_clip_grad_norm():
+    import torch
+
+    rng = np.random.default_rng(5)
+    grads = [rng.standard_normal(shape).astype(np.float32) for shape in ((3, 4, 5), (3, 5))]
+    sizes = np.float32([0.01, 1.0, 30.0])  # three models' norms: about 0.05, 5 and 150
+    grads = [g * sizes.reshape((3,) + (1,) * (g.ndim - 1)) for g in grads]
+    ours, cut = nm.clip_by_norm(grads, 1.0)
+    for k in range(3):
+        theirs = [torch.from_numpy(g[k].copy()) for g in grads]
+        params = [torch.zeros_like(t, requires_grad=True) for t in theirs]
+        for p, t in zip(params, theirs, strict=True):
+            p.grad = t
+        torch.nn.utils.clip_grad_norm_(params, max_norm=1.0)
+        for o, p in zip(ours, params, strict=True):
+            np.testing.assert_allclose(o[k], p.grad.numpy(), rtol=1e-6)
+    assert cut.tolist() == [False, True, True]
+    with pytest.raises(ValueError, match="max_norm must be > 0"):
+        nm.clip_by_norm(grads, 0.0)
+
+
+def test_clipping_that_never_bites_changes_nothing_and_one_that_always_does_counts_every_step(task):
+    plain = nm.train(nm.Recipe(), task, [1e-2], [0], steps=10)
+    loose = nm.train(nm.Recipe(), task, [1e-2], [0], steps=10, clip_norm=1e6)
+    tight = nm.train(nm.Recipe(), task, [1e-2], [0], steps=10, clip_norm=1e-3)
+    for p, q in zip(plain.params, loose.params, strict=True):
+        np.testing.assert_array_equal(p, q)
+    assert plain.clipped[0, 0] == loose.clipped[0, 0] == 0 and tight.clipped[0, 0] == 10
+
+
 def test_train_rejects_bad_arguments(task):
     with pytest.raises(ValueError, match="lrs must be > 0"):
         nm.train(nm.Recipe(), task, [0.0], [0])

@@ -87,7 +87,10 @@ SPIKE = [60, 100.0]
 #: value of each knob is the tuned point's own
 KNOBS = {"ε": [({"optimizer_kwargs": {"eps": v}}, f"{v:g}") for v in (1e-8, 1e-6, 1e-4)],
          "β₂": [({"optimizer_kwargs": {"betas": [0.9, v]}}, f"{v:g}") for v in (0.999, 0.99, 0.9999)],
-         "warm-up steps": [({"warmup": v}, str(v)) for v in (20, 0, 80)]}
+         "warm-up steps": [({"warmup": v}, str(v)) for v in (20, 0, 80)],
+         # the tuned point clips nothing; a norm of 1 (common in language-model runs) clips a few early
+         # steps of this network, 0.5 most steps (chipbook.numerics.clip_by_norm)
+         "gradient clipping": [({}, "none"), ({"clip_norm": 1.0}, "1"), ({"clip_norm": 0.5}, "0.5")]}
 KNOB_RECIPES = {"fp32": {}, "fp8, current scaling": {**_FP8, "scaling": "tensor"},
                 "bf16, no master copy": {**_BF16, "weights": "bf16"}}
 #: the loss scaler's growth interval, for fp16 at a language model's 2^15 terms per rank (the first: the
@@ -195,7 +198,7 @@ def task(s: dict) -> nm.Task:
 
 def _train(recipe: dict, lrs: list[float], s: dict) -> nm.Run:
     keys = ("steps", "batch", "hidden", "loss_divisor", "eval_every", "eval_examples", "growth_interval",
-            "schedule", "warmup", "spike", "optimizer_kwargs")
+            "schedule", "warmup", "spike", "optimizer_kwargs", "clip_norm")
     kwargs = {k: s[k] for k in keys if k in s}
     if "spike" in kwargs:
         kwargs["spike"] = tuple(kwargs["spike"])
@@ -249,7 +252,7 @@ def run_one(point: dict, shared: dict) -> list[dict]:
     rows = [r for k, step in enumerate(run.eval_steps)
             for r in _rows(g, label, run, "loss", step, run.loss[k])]
     final = {"test_accuracy": run.test_accuracy, "test_loss": run.test_loss, "flushed": run.flushed,
-             "skipped": run.skipped}
+             "skipped": run.skipped, "clipped": run.clipped}
     for metric, values in final.items():
         rows += _rows(g, label, run, metric, steps, values)
     if point.get("traces"):
@@ -312,7 +315,8 @@ def runs(frame: pd.DataFrame, group: str) -> dict[str, nm.Run]:
             lrs=np.asarray(lrs, dtype=np.float64), seeds=seeds,
             eval_steps=np.asarray(pd.unique(loss["step"])), loss=_array(loss, lrs, seeds),
             test_accuracy=final("test_accuracy"), test_loss=final("test_loss"), flushed=final("flushed"),
-            skipped=final("skipped").astype(int), params=[], grad_sample=np.empty(0),
+            skipped=final("skipped").astype(int), clipped=final("clipped").astype(int), params=[],
+            grad_sample=np.empty(0),
             loss_scale=trace("loss_scale"), skip_trace=trace("skipped_step").astype(bool),
             flush_trace=trace("flushed_step"), error_trace=trace("cast_error"))
     return out
