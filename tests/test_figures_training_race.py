@@ -12,24 +12,27 @@ from chipbook import training_race as race
 from chipbook.figures import training_race as figures
 
 
-def _outcome(name, days, binds):
-    return race.Outcome(name, 1, 1, 1, "", 0, 0, 0, 1, days, binds)
+def _outcome(name, chips, hold, compute, efficiency, days, binds):
+    return race.Outcome(name, hold, compute, chips, "", 0, 0, 0, efficiency, days, binds)
 
 
-def test_binding_bars_show_days_and_colours():
-    rows = [_outcome("a", 100.0, "compute"), _outcome("b", math.nan, "numerics"),
-            _outcome("c", 300.0, "scale-out bandwidth")]
+def test_binding_panels_show_chips_shares_and_what_binds():
+    rows = [_outcome("a", 1000.0, 10.0, 990.0, 0.9, 100.0, "compute"),
+            _outcome("b", math.nan, 5000.0, 2000.0, math.nan, math.nan, "capacity"),
+            _outcome("c", 300.0, 20.0, 290.0, 0.4, 300.0, "scale-out bandwidth")]
     fig = figures.plot_binding(rows, 90)
-    ax = fig.axes[0]
-    bars = ax.patches
-    assert len(bars) == 2
-    ends = sorted(b.get_x() + b.get_width() for b in bars)
-    np.testing.assert_allclose(ends, [100.0, 300.0])
-    colours = {to_hex(b.get_facecolor()) for b in bars}
-    expected = {figures.BIND_COLOURS[b].lower() for b in ("compute", "scale-out bandwidth")}
-    assert colours == expected
-    assert any("numerics" in t.get_text() for t in ax.texts)
-    assert ax.get_lines()[0].get_xdata()[0] == pytest.approx(90)
+    left, right = fig.axes
+    np.testing.assert_allclose(sorted(b.get_x() + b.get_width() for b in left.patches), [300.0, 1000.0])
+    np.testing.assert_allclose(sorted(b.get_width() for b in right.patches), [0.4, 0.9])
+    colours = {to_hex(b.get_facecolor()) for b in left.patches}
+    assert colours == {figures.BIND_COLOURS[b].lower() for b in ("compute", "scale-out bandwidth")}
+    # each system's two counts, capacity's square and compute's dot, top row first
+    squares = [line.get_xdata()[0] for line in left.get_lines() if line.get_marker() == "s"]
+    dots = [line.get_xdata()[0] for line in left.get_lines() if line.get_marker() == "o"]
+    assert squares == [10.0, 5000.0, 20.0] and dots == [990.0, 2000.0, 290.0]
+    texts = [t.get_text() for t in right.texts]
+    assert "not timed: capacity, no layout fits" in texts and {"100 d", "300 d"} <= set(texts)
+    assert right.get_lines()[0].get_xdata()[0] == pytest.approx(race.NETWORK_BOUND_BELOW)
 
 
 def test_switching_lines_follow_the_formula():

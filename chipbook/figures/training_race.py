@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from chipbook import training_race
 from chipbook.style import PALETTE, styled
@@ -25,36 +25,52 @@ BIND_COLOURS = {
     "network not published": PALETTE["black"],
     "batch": PALETTE["black"],
 }
+#: What an untimed system's binding constraint means, where its name alone would mislead.
+UNTIMED = {"capacity": "capacity, no layout fits", "batch": "batch, too few sequences"}
 
 
 @styled
 def plot_binding(outcomes: Sequence[training_race.Outcome], target_days: float, title: str = "") -> Figure:
-    """One bar per system: its days to train (log axis), coloured by what binds; a system with no
-    time (nothing published, or no layout fits) gets no bar and its binding constraint as text.
-    A dashed line marks ``target_days``, the window the chip counts were sized for."""
+    """Two panels, one row per system. Left: the chips the run uses (a bar, log axis, coloured by what
+    binds), with the chips needed to hold its state (open square) and to do its arithmetic in
+    ``target_days`` (dot): where the square lies right of the dot, capacity sets the count. Right: the
+    share of each step spent computing (the rest waits on the network), with the threshold below which
+    the network binds (dashed) and the days to train written beside the bar. A system with no time
+    (nothing published, or no layout fits) has no bars and its binding constraint as text."""
     names = [o.system for o in outcomes]
-    fig, ax = plt.subplots(figsize=(7.5, 0.5 * len(names) + 1.5))  # whole pixels at 80 dpi
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.0, 0.5 * len(names) + 2.0), sharey=True,
+                                      gridspec_kw={"width_ratios": [3, 2]})  # whole pixels at 100 dpi
     y = np.arange(len(names))[::-1]
-    finite = [o.days for o in outcomes if not math.isnan(o.days)]
-    left = min([*finite, target_days]) / 3
+    counts = [v for o in outcomes for v in (o.chips, o.chips_to_hold, o.chips_for_compute) if v > 0]
+    low, high = min(counts) / 3, max(counts) * 3
     for yi, o in zip(y, outcomes, strict=True):
+        colour = BIND_COLOURS[o.binds]
         if math.isnan(o.days):
-            ax.text(left * 1.1, yi, f"no time: {o.binds}", va="center", fontsize=8)
+            right.text(0.02, yi, f"not timed: {UNTIMED.get(o.binds, o.binds)}", va="center", fontsize=8)
         else:
-            ax.barh(yi, o.days - left, left=left, color=BIND_COLOURS[o.binds], label=o.binds)
-    ax.axvline(target_days, color=PALETTE["black"], linestyle="--", linewidth=1)
-    ax.set_xscale("log")
-    ax.set_xlim(left, max([*finite, target_days]) * 3)
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_yticks(y, names, fontsize=8)
-    ax.set_xlabel("days to train (log); dashed: the window sized for")
+            left.barh(yi, o.chips - low, left=low, color=colour, height=0.6)
+            right.barh(yi, o.efficiency, color=colour, height=0.6)
+            right.text(o.efficiency + 0.02, yi, f"{o.days:.0f} d", va="center", fontsize=8)
+        left.plot([o.chips_to_hold], [yi], "s", mfc="white", mec=PALETTE["black"], ms=7)
+        left.plot([o.chips_for_compute], [yi], "o", color=PALETTE["black"], ms=4)
+    left.set_xscale("log")
+    left.set_xlim(low, high)
+    left.set_yticks(y, names, fontsize=8)
+    left.set_xlabel("chips (log)")
+    right.axvline(training_race.NETWORK_BOUND_BELOW, color=PALETTE["black"], linestyle="--", linewidth=1)
+    right.set_xlim(0, 1.25)
+    right.set_xticks([0, 0.25, 0.5, 0.75, 1.0], ["0", "25%", "50%", "75%", "100%"])
+    right.set_xlabel("share of a step computing")
     shown = dict.fromkeys(o.binds for o in outcomes if not math.isnan(o.days))
-    ax.legend(handles=[Patch(color=BIND_COLOURS[b], label=f"binds: {b}") for b in shown],
-              loc="lower right", fontsize=8)
+    handles = [Patch(color=BIND_COLOURS[b], label=f"binds: {b}") for b in shown]
+    handles += [Line2D([], [], marker="s", mfc="white", mec=PALETTE["black"], ls="",
+                       label="chips to hold the state"),
+                Line2D([], [], marker="o", color=PALETTE["black"], ms=4, ls="",
+                       label=f"chips for the arithmetic in {target_days:g} days"),
+                Line2D([], [], color=PALETTE["black"], ls="--", lw=1, label="network binds below")]
+    fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=8)
     if title:
-        ax.set_title(title)
+        fig.suptitle(title)
     return fig
 
 
