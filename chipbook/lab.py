@@ -242,8 +242,10 @@ def present_markdown(source: str, context: Context) -> str:
 
     def role(match: re.Match[str]) -> str:
         kind, text = match["role"], match["text"]
-        if kind in {"glue", "glue:md"}:
-            return context.glue_value(text.strip(), markdown=True)
+        if kind in {"glue", "glue:md"}:  # "name:myst": the value is MyST, whose own roles resolve too
+            name, _, form = text.strip().partition(":")
+            value = context.glue_value(name, markdown=True)
+            return present_markdown(value, context) if form == "myst" else value
         if kind == "glue:text":
             name, _, spec = text.strip().partition(":")
             return context.glue_value(name, markdown=False, spec=spec)

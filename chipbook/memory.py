@@ -324,6 +324,20 @@ def layout_bytes_per_chip(params: float, recipe_name: str, layout: Layout, *,
     return out
 
 
+def first_stage_share(layers: int, pipeline: int) -> float:
+    """Share of one micro-batch's whole-model activations that the fullest stage of a 1F1B pipeline
+    keeps when, as Llama 3 did, the first and last stages get one layer fewer than the others
+    [dubey2024llama, section 3.3.2]: stage i keeps (pp − i) micro-batches of its layers, the inner
+    stages m = (L + 2)/pp layers each, so the fullest holds max(pp·(m − 1), (pp − 1)·m) layer-passes
+    against the L of an even split (which :func:`layout_bytes_per_chip` counts)."""
+    layers = _checks.count("layers", layers)
+    pipeline = _checks.count("pipeline", pipeline)
+    if pipeline < 3:
+        return 1.0  # no inner stage to take the layers the end stages give up
+    inner = (layers + 2) / pipeline
+    return min(1.0, max(pipeline * (inner - 1), (pipeline - 1) * inner) / layers)
+
+
 def working_set_bytes(layer_weight_bytes: float, layer_activation_bytes: float, *,
                       layer_grad_bytes: float = 0.0, tensor_parallel: int = 1) -> float:
     """Bytes a chip must hold *while it computes one layer*, whatever is sharded between layers: the

@@ -804,7 +804,7 @@ class TierTraffic:
 
 def layout_traffic(params: float, layers: int, d_model: float, tokens_per_step: float, layout: Layout, *,
                    peak_flop_s: float, utilisation: float, bytes_per_value: float = 2.0,
-                   zero_stage: int = 1) -> TierTraffic:
+                   zero_stage: int = 1, microbatches: float = 1.0) -> TierTraffic:
     """What one GPU computes and sends in one step of a tensor × pipeline × data parallel layout.
 
     * compute: 6·N·T FLOP shared by all GPUs at ``utilisation`` of ``peak_flop_s``
@@ -818,8 +818,10 @@ def layout_traffic(params: float, layers: int, d_model: float, tokens_per_step: 
       over the t tensor ranks by sequence parallelism: 2·(T/dp)·d_model·b/t.
     * data: the GPU's 1/(t·pp) shard of the gradient, all-reduced (or reduce-scattered, then the
       weights all-gathered) over the dp replicas: 2(dp−1)/dp·N·b/(t·pp); ZeRO stage 3 (fully
-      sharded weights, gathered again for the backward pass) sends 1.5 times that
-      [rajbhandari2020zero].
+      sharded weights, gathered for the forward and again for the backward pass, gradients
+      reduce-scattered) sends 1.5 times that for every one of the replica's ``microbatches``
+      micro-batches a step, since with gradient accumulation the sharded weights are gathered again
+      for each [rajbhandari2020zero]; stages 0 to 2 reduce the gradient once a step.
 
     Context parallelism's key/value exchanges are not modelled (``layout.cp`` must be 1), nor are
     the forward all-reduces that activation recomputation repeats in the backward pass.
@@ -830,6 +832,7 @@ def layout_traffic(params: float, layers: int, d_model: float, tokens_per_step: 
     tokens = _checks.positive("tokens_per_step", tokens_per_step)
     b = _checks.positive("bytes_per_value", bytes_per_value)
     zero_stage = _checks.choice("zero_stage", zero_stage, (0, 1, 2, 3))
+    microbatches = _checks.positive("microbatches", microbatches)
     if layout.cp != 1:
         raise ValueError(f"layout.cp must be 1 (context-parallel traffic is not modelled), got {layout.cp}")
     peak_flop_s = _checks.positive("peak_flop_s", peak_flop_s)
@@ -841,7 +844,7 @@ def layout_traffic(params: float, layers: int, d_model: float, tokens_per_step: 
     tensor = (layers / pp) * per_layer * 2 * (t - 1) / t * replica_tokens * d_model * b
     pipeline = 0.0 if pp == 1 else 2 * replica_tokens * d_model * b / t
     shard = gradient_bytes(params, b) / (t * pp)
-    data = 2 * (dp - 1) / dp * shard * (1.5 if zero_stage == 3 else 1.0)
+    data = 2 * (dp - 1) / dp * shard * (1.5 * microbatches if zero_stage == 3 else 1.0)
     return TierTraffic(compute=compute, tensor=tensor, pipeline=pipeline, data=data)
 
 

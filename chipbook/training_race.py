@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -167,25 +167,11 @@ class Outcome:
     binds: str
 
 
-def first_stage_share(layers: int, pipeline: int) -> float:
-    """Share of one micro-batch's whole-model activations that the fullest stage of a 1F1B pipeline
-    keeps when, as Llama 3 did, the first and last stages get one layer fewer than the others
-    [dubey2024llama, section 3.3.2]: stage i keeps (pp − i) micro-batches of its layers, the inner
-    stages m = (L + 2)/pp layers each, so the fullest holds max(pp·(m − 1), (pp − 1)·m) layer-passes
-    against the L of an even split (which :func:`chipbook.memory.layout_bytes_per_chip` counts)."""
-    layers = _checks.count("layers", layers)
-    pipeline = _checks.count("pipeline", pipeline)
-    if pipeline < 3:
-        return 1.0  # no inner stage to take the layers the end stages give up
-    inner = (layers + 2) / pipeline
-    return min(1.0, max(pipeline * (inner - 1), (pipeline - 1) * inner) / layers)
-
-
 def share_bytes(run: Run, layout: memory.Layout, recompute: str = "none") -> dict[str, float]:
     """Bytes of each part of the run one chip of ``layout`` holds (weights, gradients, optimizer
     state, activations: :func:`chipbook.memory.layout_bytes_per_chip`), the activations those of the
-    fullest pipeline stage with Llama 3's uneven split (:func:`first_stage_share`)."""
-    act = run.activations(layout.tensor, recompute) * first_stage_share(run.layers, layout.pipeline)
+    fullest pipeline stage with Llama 3's uneven split (:func:`chipbook.memory.first_stage_share`)."""
+    act = run.activations(layout.tensor, recompute) * memory.first_stage_share(run.layers, layout.pipeline)
     return memory.layout_bytes_per_chip(run.params, RECIPE, layout, activations_per_microbatch=act)
 
 
@@ -219,15 +205,6 @@ def _candidates(run: Run, chips: float, tensor: int):
 #: twice) [korthikanti2022reducing]. Selective recomputation is not tried: the memory chapter's Llama
 #: activation count (:func:`chipbook.memory.llama_activation_bytes`) has no selective mode.
 RECOMPUTE = ("none", "full")
-
-
-def zero3_gathers(tiers: network.TierTraffic, microbatches: float) -> network.TierTraffic:
-    """The data tier of a ZeRO stage 3 step that runs ``microbatches`` micro-batches per replica.
-    :func:`chipbook.network.layout_traffic` counts stage 3 once a step (1.5 times the all-reduce:
-    weights gathered for the forward and the backward pass, gradients reduce-scattered); with gradient
-    accumulation the sharded weights are gathered again, and the gradients reduced, for every
-    micro-batch [rajbhandari2020zero], so the data tier carries that volume ``microbatches`` times."""
-    return replace(tiers, data=tiers.data * _checks.positive("microbatches", microbatches))
 
 
 def multislice_bandwidth(dp: int, dp_per_slice: int, *, slice_b_s: float, network_b_s: float) -> float:
@@ -266,7 +243,7 @@ def train(run: Run, system: System, *, days: float, utilisation: float, overlap:
        ``utilisation``; the forward all-reduces it repeats are not counted), the one with the fastest
        step.
     3. Each tier's traffic (:func:`chipbook.network.layout_traffic`, ZeRO stage 3's gathers once per
-       micro-batch, :func:`zero3_gathers`): the tensor all-reduces on the scale-up link, pipeline
+       one-sequence micro-batch): the tensor all-reduces on the scale-up link, pipeline
        sends and the gradient's all-reduce on the scale-out link (the scale-up link where the system
        has no other; hierarchically, :func:`multislice_bandwidth`, where the scale-up fabric is a
        torus of slices joined by a data-centre network).
@@ -322,9 +299,8 @@ def train(run: Run, system: System, *, days: float, utilisation: float, overlap:
         # recomputation runs the forward pass twice: the step's useful FLOP run at a lower utilisation
         u = utilisation * memory.training_flop_per_token(1.0) / memory.training_flop_per_token(1.0, recompute)
         tiers = network.layout_traffic(run.params, run.layers, run.d_model, run.tokens_per_step, lay,
-                                       peak_flop_s=peak, utilisation=u, zero_stage=layout.zero_stage)
-        if layout.zero_stage == 3:
-            tiers = zero3_gathers(tiers, run.tokens_per_step / (layout.data * run.seq))
+                                       peak_flop_s=peak, utilisation=u, zero_stage=layout.zero_stage,
+                                       microbatches=run.tokens_per_step / (layout.data * run.seq))
         pipe_bw = up if layout.tensor * layout.pipeline <= domain else out
         data_bw = out
         if sliced:

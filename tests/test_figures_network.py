@@ -75,7 +75,7 @@ def test_layout_bars_are_the_hand_computed_seconds():
     # Llama 3 405B in its published layout, worked by hand from equation eq-layout
     fig = figures.plot_layout(128, 2 / 3, 0.41, params=4.05e11, layers=126, d_model=16384,
                               tokens_per_step=2**24, tp=8, pp=16, peak_flop_s=989e12, scale_up=450e9,
-                              scale_out=50e9, model="m")
+                              scale_out=50e9, model="m", micro_batch_tokens=8192)
     widths = [p.get_width() for p in fig.axes[0].patches]
     compute = 6 * 4.05e11 * 2**24 / (16384 * 989e12 * 0.41)
     tensor = 126 / 16 * 4 * 1.75 * 2**24 / 128 * 16384 * 2
@@ -85,13 +85,14 @@ def test_layout_bars_are_the_hand_computed_seconds():
                                rtol=1e-12)
 
 
-def test_layout_zero3_sends_half_as_much_gradient_again():
+def test_layout_zero3_gathers_for_every_micro_batch():
     kw = dict(params=4.05e11, layers=126, d_model=16384, tokens_per_step=2**24, tp=8, pp=16,
-              peak_flop_s=989e12, scale_up=450e9, scale_out=50e9, model="m")
+              peak_flop_s=989e12, scale_up=450e9, scale_out=50e9, model="m", micro_batch_tokens=8192)
     one = [p.get_width() for p in figures.plot_layout(128, 2 / 3, 0.41, **kw).axes[0].patches]
     three = [p.get_width() for p in figures.plot_layout(128, 2 / 3, 0.41, 3, **kw).axes[0].patches]
-    # ZeRO-3 gathers the weights again for the backward pass: 1.5 times the gradient's bytes
-    assert three[-1] == pytest.approx(1.5 * one[-1]) and three[:-1] == one[:-1]
+    # ZeRO-3 gathers the weights for the forward and the backward pass of each of the replica's
+    # 2^24 / (128 · 8192) = 16 micro-batches: 1.5 × 16 times the gradient's bytes
+    assert three[-1] == pytest.approx(1.5 * 16 * one[-1]) and three[:-1] == one[:-1]
 
 
 def test_decode_bars_split_latency_and_bandwidth():

@@ -42,6 +42,7 @@ def _notebook(*markdown: str) -> dict:
     outputs = [_glue_output("ex_small", {"text/markdown": "1.5", "text/plain": "<Markdown>"}),
                _glue_output("ratio", {"text/plain": "3.14159"}),
                _glue_output("label", {"text/plain": "'Groq'"}),
+               _glue_output("links", {"text/markdown": "{doc}`02-other` first", "text/plain": "<Markdown>"}),
                _glue_output("fig_a", {"image/png": "iVBORw0KGgo=\n", "text/plain": "<Figure>"})]
     cells = [{"cell_type": "markdown", "metadata": {}, "source": text} for text in markdown]
     cells.append({"cell_type": "code", "metadata": {}, "source": "glue(...)", "outputs": outputs,
@@ -92,6 +93,7 @@ def test_bibliography_gives_author_year(references) -> None:
     ("See {doc}`02-other`.", "See [Other chapter](02-other.ipynb)."),
     ("Equation {eq}`eq-other` there.", "Equation [(2)](02-other.ipynb) there."),
     ("Missing {glue:md}`nothing`.", "Missing [nothing: not computed; run the notebook]."),
+    ("Read {glue:md}`links:myst`.", "Read [Other chapter](02-other.ipynb) first."),  # MyST inside the value
     ("The {term}`KV cache <KV cache>` grows.", "The KV cache grows."),
     ("Read {term}`MFU` as utilisation.", "Read MFU as utilisation."),
 ])
@@ -124,7 +126,10 @@ def test_saving_restores_the_files_markdown_unless_the_reader_edited_it(referenc
     assert notebook["cells"][2] == original["cells"][2]
 
 
-@pytest.mark.parametrize("chapter", sorted((REPO / "notebooks").glob("*.ipynb")), ids=lambda path: path.name)
+PAGES = [*sorted((REPO / "notebooks").glob("*.ipynb")), REPO / "book" / "intro.ipynb"]
+
+
+@pytest.mark.parametrize("chapter", PAGES, ids=lambda path: path.name)
 def test_every_chapter_reads_without_glue_cite_or_doc_roles(chapter: Path) -> None:
     """Every glue, cite and doc role of the chapters resolves: to saved outputs, to entries of the
     book's bibliography, to notebooks that exist."""

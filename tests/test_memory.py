@@ -543,3 +543,12 @@ def test_prefill_seconds_by_hand_from_published_specs():
         m.prefill_seconds(7e10, 2048, peak_flop_s=989e12, utilisation=0.0)
     with pytest.raises(ValueError, match="prompt_tokens"):
         m.prefill_seconds(7e10, 0, peak_flop_s=989e12, utilisation=0.5)
+
+
+def test_first_stage_share_by_hand():
+    # 126 layers over 16 stages: inner stages hold (126 + 2)/16 = 8 layers, the end stages 7; stage 0
+    # keeps 16 micro-batches of 7 layers (112), stage 1 keeps 15 of 8 (120), against 126 if even
+    assert m.first_stage_share(126, 16) == pytest.approx(120 / 126)
+    assert m.first_stage_share(126, 2) == 1.0 and m.first_stage_share(126, 1) == 1.0
+    with pytest.raises(ValueError, match="pipeline"):
+        m.first_stage_share(126, 0)

@@ -484,6 +484,15 @@ def test_llama3_405b_layout_traffic_by_hand():
     zero3 = net.layout_traffic(4.05e11, 126, 16384, tokens, layout, peak_flop_s=989e12, utilisation=0.41,
                                zero_stage=3)
     assert zero3.data == pytest.approx(1.5 * step.data)
+    # with 16 micro-batches a step the weights are gathered (forward, backward) and the gradients
+    # reduce-scattered 16 times: three passes of (dp − 1)/dp of the shard each, 16 times
+    zero3_16 = net.layout_traffic(4.05e11, 126, 16384, tokens, layout, peak_flop_s=989e12,
+                                  utilisation=0.41, zero_stage=3, microbatches=16)
+    assert zero3_16.data == pytest.approx(16 * 3 * 127 / 128 * 2 * 4.05e11 / 128)
+    assert (zero3_16.compute, zero3_16.tensor) == (step.compute, step.tensor)
+    with pytest.raises(ValueError, match="microbatches"):
+        net.layout_traffic(4.05e11, 126, 16384, tokens, layout, peak_flop_s=989e12, utilisation=0.41,
+                           zero_stage=3, microbatches=0)
 
 
 def test_data_parallel_bytes_per_token_for_llama3():

@@ -51,9 +51,8 @@ def test_composed_numbers_equal_the_earlier_chapters(systems, run405):
     u_used = u * 6 / 8 if "full recomputation" in o.layout else u
     tiers = network.layout_traffic(run405.params, run405.layers, run405.d_model, run405.tokens_per_step,
                                    network.Layout(tp=tp, cp=1, pp=pp, dp=dp), peak_flop_s=peak,
-                                   utilisation=u_used, zero_stage=zero)
-    if zero == 3:  # the weights gathered again for each of the replica's one-sequence micro-batches
-        tiers = race.zero3_gathers(tiers, run405.tokens_per_step / (dp * run405.seq))
+                                   utilisation=u_used, zero_stage=zero,
+                                   microbatches=run405.tokens_per_step / (dp * run405.seq))
     eff = _efficiency(tiers)
     assert o.efficiency == pytest.approx(eff, rel=1e-12)
     # days by hand: F / (N P u eta 86400)
@@ -101,15 +100,6 @@ def test_llama3_published_layout_fits_an_h100_without_recomputation(run405):
     # 80 GB H100s "without activation checkpointing", with one layer fewer on the first and last stages
     layout = memory.Layout(tensor=8, pipeline=16, data=128, zero_stage=1, in_flight=16)
     assert sum(race.share_bytes(run405, layout).values()) <= 80e9
-
-
-def test_first_stage_share_by_hand():
-    # 126 layers over 16 stages: inner stages hold (126 + 2)/16 = 8 layers, the end stages 7; stage 0
-    # keeps 16 micro-batches of 7 layers (112), stage 1 keeps 15 of 8 (120), against 126 if even
-    assert race.first_stage_share(126, 16) == pytest.approx(120 / 126)
-    assert race.first_stage_share(126, 2) == 1.0 and race.first_stage_share(126, 1) == 1.0
-    with pytest.raises(ValueError, match="pipeline"):
-        race.first_stage_share(126, 0)
 
 
 def test_too_many_chips_for_the_batch_binds_on_the_batch(systems, run405):
@@ -185,14 +175,6 @@ def test_every_system_names_known_chips_and_links(systems):
     gaudi = systems["Gaudi 3 cluster (HLS-3 + RoCE)"]
     # Intel's documentation: 21 scale-up and 3 scale-out ports of 200 Gb/s (25 GB/s) each way
     assert gaudi.scale_up["gb_s_per_direction"] == 21 * 25 and gaudi.scale_out["gb_s_per_direction"] == 3 * 25
-
-
-def test_zero3_gathers_scale_the_data_tier():
-    tiers = network.TierTraffic(compute=1.0, tensor=2.0, pipeline=3.0, data=4.0)
-    got = race.zero3_gathers(tiers, 2.5)
-    assert (got.compute, got.tensor, got.pipeline, got.data) == (1.0, 2.0, 3.0, 10.0)
-    with pytest.raises(ValueError, match="microbatches"):
-        race.zero3_gathers(tiers, 0)
 
 
 def test_multislice_bandwidth_by_hand_and_limits():

@@ -155,15 +155,18 @@ def plot_volumes(rank_counts: Sequence[int], elements: int = 2520) -> Figure:
 @styled
 def plot_layout(dp: int, overlap: float, utilisation: float, zero_stage: int = 1, *, params: float,
                 layers: int, d_model: float, tokens_per_step: float, tp: int, pp: int, peak_flop_s: float,
-                scale_up: float, scale_out: float, model: str) -> Figure:
+                scale_up: float, scale_out: float, model: str, micro_batch_tokens: float) -> Figure:
     """Seconds per step for one GPU of a tensor × pipeline × data layout at a fixed global batch:
     compute against each parallelism's bytes over the tier that carries it, with the step's
     efficiency when tensor parallelism runs over the scale-up domain and when it runs over the
     scale-out network (bandwidth terms; :meth:`chipbook.network.TierTraffic.efficiency`), with
-    the gradient synchronised as ZeRO stage ``zero_stage`` does (:func:`chipbook.network.layout_traffic`)."""
+    the gradient synchronised as ZeRO stage ``zero_stage`` does (:func:`chipbook.network.layout_traffic`;
+    stage 3 once per micro-batch of ``micro_batch_tokens``, tokens_per_step / (dp · micro_batch_tokens)
+    times a step)."""
     layout = network.Layout(tp=tp, cp=1, pp=pp, dp=dp)
     t = network.layout_traffic(params, layers, d_model, tokens_per_step, layout, peak_flop_s=peak_flop_s,
-                               utilisation=utilisation, zero_stage=zero_stage)
+                               utilisation=utilisation, zero_stage=zero_stage,
+                               microbatches=tokens_per_step / (dp * micro_batch_tokens))
     bars = {"compute": (t.compute, SERVE),
             "tensor, scale-up": (t.tensor / scale_up, PALETTE["green"]),
             "tensor, scale-out": (t.tensor / scale_out, PALETTE["orange"]),
