@@ -110,3 +110,51 @@ def test_format_constants_agree_with_chipbook_numerics():
     assert ot.MX_BLOCK == nm.MX_BLOCK and ot.E8M0_RANGE == nm.E8M0_RANGE
     for fmt in ("fp8_e4m3", "fp8_e5m2", "bf16", "int8"):
         assert ot._largest(fmt) == nm.get_format(fmt).max
+
+
+def test_delayed_scaling_uses_the_history_and_clamps_what_outgrows_it():
+    x = torch.from_numpy(_inputs())
+    history = ot.AmaxHistory(length=2)
+    top = ot._largest("fp8_e4m3")
+    first = history.cast(x, "fp8_e4m3", record=True)  # no history yet: scale 1, as Transformer Engine starts
+    np.testing.assert_array_equal(first.numpy(), nm.quantize(np.clip(x.numpy(), -top, top), "fp8_e4m3"))
+    assert history.clamped == 1 and history.amaxes == [float(x.abs().max())]
+    # a tensor whose amax the history holds casts as under current per-tensor scaling, bit for bit
+    again = history.cast(x, "fp8_e4m3", record=True).numpy()
+    current = nm.quantize_scaled(x.numpy(), "fp8_e4m3", "tensor")
+    np.testing.assert_array_equal(again.view(np.uint32), current.view(np.uint32))
+    # a tensor twice as large outgrows the history: its largest values clamp to the history's amax
+    grown = history.cast(2 * x, "fp8_e4m3", record=True)
+    assert float(grown.abs().max()) == pytest.approx(float(x.abs().max()), rel=2**-3)
+    assert history.clamped == 2
+    assert history.amaxes == [float(x.abs().max()), 2 * float(x.abs().max())]  # the oldest dropped
+    history.cast(4 * x, "fp8_e4m3", record=False)  # evaluation: nothing recorded
+    assert history.clamped == 2 and len(history.amaxes) == 2
+
+
+def test_growing_gain_climbs_by_powers_of_two():
+    assert [ot.gain_log2(t, 13, None) for t in (0, 500)] == [13, 13]
+    grown = [ot.gain_log2(t, 4, [10, 18]) for t in range(25)]
+    assert grown == [0] * 12 + [1, 1, 2, 2, 3, 3] + [4] * 7
+    with pytest.raises(ValueError, match="grow"):
+        ot.gain_log2(0, 4, [10, 10])
+
+
+def test_a_gain_set_during_training_changes_nothing_in_fp32():
+    s = {**SHARED, "seq": 32, "batch": 4, "d_model": 64, "mlp": 64, "outlier_channels": [5]}
+    table = ot.markov_table(s["vocab"], s["alpha"], 0)
+    batch = torch.from_numpy(ot.sample(table, 4, 33, np.random.default_rng(0)))
+    losses = []
+    for gains in ([0, 0, 0], [0, 7, 13]):
+        model = ot.make_model(s, 0, None, "none", seed=0)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+        run = []
+        for g in gains:
+            model.set_gain(g)
+            loss = ot._loss(model, batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            run.append(loss.item())
+        losses.append(run)
+    assert losses[0] == losses[1]

@@ -21,8 +21,10 @@ Casts (:func:`cast`, checked bit for bit against :func:`chipbook.numerics.quanti
 forward product's two inputs in fp8 E4M3 (or int8), and the output gradient of every product in fp8
 E5M2 with one scale per tensor (for the int8 recipe too), as Transformer Engine's HYBRID recipe casts
 gradients [micikevicius2022fp8]; each product accumulates in fp32. ``"tensor"`` scaling puts each
-tensor's current largest magnitude on the format's largest value (current scaling, not Transformer
-Engine's default delayed scaling from an amax history); ``"mx"`` gives each block of 32 consecutive
+tensor's current largest magnitude on the format's largest value (current scaling); ``"delayed"``
+takes the largest magnitude from a history of the earlier training steps' (:class:`AmaxHistory`,
+Transformer Engine's default delayed scaling [nvidia2024te]), so that values larger than any in the
+history are clamped; ``"mx"`` gives each block of 32 consecutive
 elements along the *forward* product's reduction axis a power-of-two scale, the OCP MX rule
 [ocp2023mx]. The backward products reuse the forward's cast inputs, so "MXFP8" is MX in the forward
 pass only, with per-tensor E5M2 gradients: MX hardware casts each product's operands along that
@@ -31,6 +33,10 @@ emulation is a conservative bound for MX. Attention's two products (scores and t
 softmax, the LayerNorms, the embeddings and the output head stay in fp32, as DeepSeek-V3 keeps its
 embedding, head and attention out of FP8 [deepseekai2024deepseekv3]. Losses are measured through the
 recipe's casts.
+
+Growing outliers. Published FP8 failures come from outliers that grow during training
+[fishman2025scaling]. A point with ``"grow": [start, end]`` raises the gain by powers of two from 1
+at step ``start`` to 2^k at step ``end`` (:func:`gain_log2`), exact in fp32 as the fixed gain is.
 """
 
 from __future__ import annotations
@@ -51,9 +57,16 @@ E8M0_RANGE = (-127, 127)
 #: each run's forward casts: (format of the products' inputs, scaling); None for no cast
 RECIPES = {"fp32": (None, "none"), "bf16": ("bf16", "none"),
            "fp8, per-tensor scaling": ("fp8_e4m3", "tensor"), "MXFP8": ("fp8_e4m3", "mx"),
+           "fp8, delayed scaling": ("fp8_e4m3", "delayed"),
            "int8, per-tensor scaling": ("int8", "tensor")}
 #: the outlier channels' gain 2^k: none, then from well inside E4M3's normal range (2^6, 2^13) to past it
 OUTLIER_LOG2 = [0, 6, 13, 15, 17]
+#: Transformer Engine's DelayedScaling defaults: an amax history of 1,024 steps, its maximum used, no
+#: margin; the scale starts at 1 [nvidia2024te]
+AMAX_HISTORY = 1024
+#: the steps over which a growing outlier gain climbs from 1 to 2^k (after the warm-up, ending 50 steps
+#: before the run does)
+GROW = [100, 250]
 
 CONFIG = {
     "vocab": 16, "alpha": 0.1, "task_seed": 0,
@@ -64,7 +77,12 @@ CONFIG = {
              *[{"recipe": r, "outlier_log2": k} for k in OUTLIER_LOG2
                for r in ("fp8, per-tensor scaling", "MXFP8")],
              # int8 with one scale per tensor, which LLM.int8() found outliers break [dettmers2022llmint8]
-             *[{"recipe": "int8, per-tensor scaling", "outlier_log2": k} for k in OUTLIER_LOG2[:2]]],
+             *[{"recipe": "int8, per-tensor scaling", "outlier_log2": k} for k in OUTLIER_LOG2[:2]],
+             # delayed scaling at fixed gains, then the three FP8 recipes with gains that grow
+             *[{"recipe": "fp8, delayed scaling", "outlier_log2": k} for k in (0, 13, 15)],
+             *[{"recipe": r, "outlier_log2": k, "grow": GROW} for k in (13, 15)
+               for r in ("fp8, per-tensor scaling", "fp8, delayed scaling")],
+             {"recipe": "MXFP8", "outlier_log2": 15, "grow": GROW}],
 }
 
 #: settings under which a grid point is quick to compute again: the warm-up only, one seed; its
@@ -72,8 +90,8 @@ CONFIG = {
 #: depend on the number of steps)
 QUICK = {"steps": 30, "seeds": [0]}
 
-COLUMNS = {"recipe": "text", "outlier_log2": "int", "seed": "int", "metric": "text", "step": "int",
-           "value": "float"}
+COLUMNS = {"recipe": "text", "outlier_log2": "int", "outliers": "text", "seed": "int", "metric": "text",
+           "step": "int", "value": "float"}
 
 
 # --- the data: an order-2 Markov chain ---------------------------------------------------------------
@@ -161,6 +179,33 @@ def cast(x, fmt: str | None, scaling: str = "tensor", axis: int = -1):
     return out.reshape(moved.shape).movedim(-1, axis)
 
 
+class AmaxHistory:
+    """The amax history of one tensor under delayed scaling: the scale of a cast is the format's largest
+    value over the largest amax of the last ``length`` training steps (1 before the first), and each
+    training step's own amax joins the history after its cast, as Transformer Engine's DelayedScaling
+    does with ``amax_compute_algo="max"`` and no margin [nvidia2024te]. ``clamped`` counts the casts whose
+    tensor held a value larger than the history's largest (cast to the format's largest value)."""
+
+    def __init__(self, length: int = AMAX_HISTORY):
+        self.length = _checks.count("length", length)
+        self.amaxes: list[float] = []
+        self.clamped = 0
+
+    def cast(self, x, fmt: str, record: bool):
+        """``x`` (float32 torch tensor) cast to ``fmt`` under the history's scale; with ``record``
+        (a training step) its amax then joins the history."""
+        import torch
+
+        top = _largest(fmt)
+        past = max(self.amaxes, default=0.0)
+        scale = torch.tensor(top, dtype=torch.float32) / past if past > 0 else torch.tensor(1.0)
+        amax = float(x.abs().max())
+        if record:
+            self.clamped += amax * float(scale) > top
+            self.amaxes = [*self.amaxes, amax][-self.length:]
+        return _round((x * scale).clamp(-top, top), fmt) / scale
+
+
 # --- the model ---------------------------------------------------------------------------------------
 
 
@@ -173,8 +218,11 @@ def _linear_function():
         format, to the forward format otherwise, and reuses the forward's cast inputs."""
 
         @staticmethod
-        def forward(ctx, x, w, fmt, scaling):
-            xq, wq = cast(x, fmt, scaling, axis=-1), cast(w, fmt, scaling, axis=0)
+        def forward(ctx, x, w, fmt, scaling, histories=None, record=False):
+            if scaling == "delayed":  # histories: the input's and the weight's AmaxHistory
+                xq, wq = histories[0].cast(x, fmt, record), histories[1].cast(w, fmt, record)
+            else:
+                xq, wq = cast(x, fmt, scaling, axis=-1), cast(w, fmt, scaling, axis=0)
             ctx.save_for_backward(xq, wq)
             ctx.grad = (fmt, "none") if fmt in (None, "bf16") else ("fp8_e5m2", "tensor")
             return xq @ wq
@@ -185,7 +233,7 @@ def _linear_function():
             dyq = cast(dy.contiguous(), *ctx.grad)
             dx = dyq @ wq.T
             dw = xq.reshape(-1, xq.shape[-1]).T @ dyq.reshape(-1, dyq.shape[-1])
-            return dx, dw, None, None
+            return dx, dw, None, None, None, None
 
     return CastLinear
 
@@ -221,9 +269,16 @@ def make_model(s: dict, outlier_log2: int, fmt: str | None, scaling: str, seed: 
             gain = torch.ones(d)
             gain[s["outlier_channels"]] = 2.0 ** outlier_log2
             self.register_buffer("gain", gain)
+            self.histories: dict[str, tuple[AmaxHistory, AmaxHistory]] = {}
 
-        def mm(self, x, weight):
-            return linear.apply(x, weight, fmt, scaling)
+        def set_gain(self, log2: int) -> None:
+            """Set the outlier channels' gain to 2^``log2`` (exact: a power of two)."""
+            with torch.no_grad():
+                self.gain[s["outlier_channels"]] = 2.0 ** log2
+
+        def mm(self, x, weight, site: str):
+            histories = self.histories.setdefault(site, (AmaxHistory(), AmaxHistory()))
+            return linear.apply(x, weight, fmt, scaling, histories, torch.is_grad_enabled())
 
         def normed(self, h, weight):
             return F.layer_norm(h, (d,), weight) * self.gain
@@ -232,17 +287,18 @@ def make_model(s: dict, outlier_log2: int, fmt: str | None, scaling: str, seed: 
             n, t = tokens.shape
             h = self.embed[tokens] + self.pos[:t]
             mask = torch.ones(t, t, dtype=torch.bool).tril()
-            for b in self.blocks:
+            for i, b in enumerate(self.blocks):
                 a = self.normed(h, b["ln1"])
                 if probe is not None:
                     probe.append(a)
-                q, k, v = self.mm(a, b["qkv"] / self.gain[:, None]).split(d, dim=-1)
+                q, k, v = self.mm(a, b["qkv"] / self.gain[:, None], f"{i}.qkv").split(d, dim=-1)
                 q, k, v = (z.reshape(n, t, heads, d // heads).transpose(1, 2) for z in (q, k, v))
                 scores = (q @ k.transpose(-1, -2)) / math.sqrt(d // heads)
                 att = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1) @ v
-                h = h + self.mm(att.transpose(1, 2).reshape(n, t, d), b["out"])
+                h = h + self.mm(att.transpose(1, 2).reshape(n, t, d), b["out"], f"{i}.out")
                 m = self.normed(h, b["ln2"])
-                h = h + self.mm(F.gelu(self.mm(m, b["up"] / self.gain[:, None])), b["down"])
+                up = self.mm(m, b["up"] / self.gain[:, None], f"{i}.up")
+                h = h + self.mm(F.gelu(up), b["down"], f"{i}.down")
             return F.layer_norm(h, (d,), self.ln_f) @ self.head
 
     return Transformer()
@@ -256,6 +312,18 @@ def lr_factor(step: int, steps: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(steps - warmup, 1)))
+
+
+def gain_log2(step: int, k: int, grow: list | None) -> int:
+    """The outlier gain's exponent at training step ``step``: ``k`` throughout without ``grow``; with
+    ``grow = [start, end]``, 0 before ``start``, k from ``end`` on, and between them rising by whole
+    powers of two, k·(step − start)/(end − start) rounded down."""
+    if grow is None:
+        return k
+    start, end = grow
+    if not 0 <= start < end:
+        raise ValueError(f"grow must be [start, end] with 0 <= start < end, got {grow!r}")
+    return min(k, max(0, (k * (step - start)) // (end - start)))
 
 
 def outlier_ratio(activations) -> float:
@@ -277,13 +345,15 @@ def run_one(point: dict, shared: dict) -> list[dict]:
     the warm-up (where it does not depend on the number of steps), every ``eval_every`` steps and at
     the end, its excess over the chain's floor, the training loss at the
     end, the outlier ratio of the first LayerNorm output feeding a product (the gain divided out, so
-    it measures what training grew), and the relative error of the cast of that input on the channels
-    that are not outliers."""
+    it measures what training grew), the relative error of the cast of that input on the channels
+    that are not outliers, and for delayed scaling the number of casts that clamped a value larger
+    than any in their history. With ``"grow"`` the gain rises during training (:func:`gain_log2`)."""
     import torch
 
     torch.set_num_threads(1)
     fmt, scaling = RECIPES[_checks.choice("recipe", point["recipe"], RECIPES)]
     k = _checks.count("outlier_log2", point["outlier_log2"], minimum=0)
+    grow = point.get("grow")
     s = shared
     table = markov_table(s["vocab"], s["alpha"], s["task_seed"])
     held_out = sample(table, s["eval_sequences"], s["seq"] + 1, np.random.default_rng([s["task_seed"], 1]))
@@ -292,16 +362,18 @@ def run_one(point: dict, shared: dict) -> list[dict]:
     rows = []
 
     def row(seed, metric, step, value):
-        rows.append({"recipe": point["recipe"], "outlier_log2": k, "seed": seed, "metric": metric,
+        rows.append({"recipe": point["recipe"], "outlier_log2": k,
+                     "outliers": "fixed" if grow is None else "growing", "seed": seed, "metric": metric,
                      "step": step, "value": float(value)})
 
     for seed in s["seeds"]:
-        model = make_model(s, k, fmt, scaling, seed)
+        model = make_model(s, gain_log2(0, k, grow), fmt, scaling, seed)
         opt = torch.optim.AdamW(model.parameters(), lr=s["lr"], weight_decay=s["weight_decay"])
         data_rng = np.random.default_rng([s["task_seed"], 2, seed])
         for step in range(s["steps"]):
             for group in opt.param_groups:
                 group["lr"] = s["lr"] * lr_factor(step, s["steps"], s["warmup"])
+            model.set_gain(gain_log2(step, k, grow))
             batch = torch.from_numpy(sample(table, s["batch"], s["seq"] + 1, data_rng))
             loss = _loss(model, batch)
             opt.zero_grad()
@@ -320,6 +392,13 @@ def run_one(point: dict, shared: dict) -> list[dict]:
             row(seed, "outlier_ratio", s["steps"], outlier_ratio(a / model.gain))
             inliers = torch.ones(a.shape[-1], dtype=torch.bool)
             inliers[s["outlier_channels"]] = False
-            error = (cast(a, fmt, scaling) - a)[..., inliers].norm() / a[..., inliers].norm()
+            if scaling == "delayed":  # the first product's input, under its history's scale
+                cast_a = model.histories["0.qkv"][0].cast(a, fmt, record=False)
+            else:
+                cast_a = cast(a, fmt, scaling)
+            error = (cast_a - a)[..., inliers].norm() / a[..., inliers].norm()
             row(seed, "cast_error", s["steps"], error)
+        if scaling == "delayed":
+            row(seed, "clamped_casts", s["steps"], sum(h.clamped for pair in model.histories.values()
+                                                       for h in pair))
     return rows
