@@ -301,7 +301,8 @@ class Layout:
 
 
 def layout_bytes_per_chip(params: float, recipe_name: str, layout: Layout, *,
-                          activations_per_microbatch: float) -> dict[str, float]:
+                          activations_per_microbatch: float,
+                          microbatches: float | None = None) -> dict[str, float]:
     """Bytes one chip holds in ``layout``: its share of the weights, gradients and optimizer state
     (the model split over tensor × pipeline chips, then ZeRO over the data-parallel ones), and the
     activations of ``layout.in_flight`` micro-batches of its pipeline stage, where
@@ -311,7 +312,10 @@ def layout_bytes_per_chip(params: float, recipe_name: str, layout: Layout, *,
     layout's :attr:`Layout.interleave_factor`. Gradients are sharded only from ZeRO stage 2: with
     stage 1 each chip keeps a whole gradient buffer for its share of the parameters (accumulated over
     the micro-batches, reduce-scattered once a step); with stage 2 the gradients are reduce-scattered
-    as they are produced, every micro-batch."""
+    as they are produced, every micro-batch. With ``microbatches`` (the replica's micro-batches a step)
+    a stage keeps at most that many micro-batches' activations, whatever the schedule: the
+    interleaved factor assumes more micro-batches than the pipeline's warm-up holds, and no schedule
+    keeps activations of micro-batches the step does not have."""
     share = _checks.positive("params", params) / (layout.tensor * layout.pipeline)
     r = recipe(recipe_name)
     act = _checks.non_negative("activations_per_microbatch", activations_per_microbatch)
@@ -319,8 +323,10 @@ def layout_bytes_per_chip(params: float, recipe_name: str, layout: Layout, *,
     part = {"weights": r.weights, "gradients": r.grads, "optimizer state": r.optimizer}
     key = {"weights": "weights", "gradients": "grads", "optimizer state": "optimizer"}
     out = {k: share * b / (layout.data if key[k] in sharded else 1) for k, b in part.items()}
-    out["activations"] = (act / (layout.pipeline * layout.context) * layout.in_flight
-                          * layout.interleave_factor)
+    kept = layout.in_flight * layout.interleave_factor
+    if microbatches is not None:
+        kept = min(kept, _checks.positive("microbatches", microbatches))
+    out["activations"] = act / (layout.pipeline * layout.context) * kept
     return out
 
 

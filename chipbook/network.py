@@ -817,11 +817,14 @@ def layout_traffic(params: float, layers: int, d_model: float, tokens_per_step: 
     * pipeline: an inner stage sends each token's activation forward and its gradient back, split
       over the t tensor ranks by sequence parallelism: 2·(T/dp)·d_model·b/t.
     * data: the GPU's 1/(t·pp) shard of the gradient, all-reduced (or reduce-scattered, then the
-      weights all-gathered) over the dp replicas: 2(dp−1)/dp·N·b/(t·pp); ZeRO stage 3 (fully
-      sharded weights, gathered for the forward and again for the backward pass, gradients
-      reduce-scattered) sends 1.5 times that for every one of the replica's ``microbatches``
-      micro-batches a step, since with gradient accumulation the sharded weights are gathered again
-      for each [rajbhandari2020zero]; stages 0 to 2 reduce the gradient once a step.
+      weights all-gathered) over the dp replicas once a step: 2(dp−1)/dp·N·b/(t·pp) (ZeRO stages 0
+      and 1, which keep a whole gradient buffer). ZeRO stage 2 shards the gradients, so it
+      reduce-scatters them as they are produced, for every one of the replica's ``microbatches``
+      micro-batches, and all-gathers the weights once: (microbatches + 1)·(dp−1)/dp·N·b/(t·pp).
+      ZeRO stage 3 (fully sharded weights, gathered for the forward and again for the backward
+      pass, gradients reduce-scattered) sends 1.5 times the all-reduce's bytes for every micro-batch,
+      since with gradient accumulation the sharded weights are gathered again for each
+      [rajbhandari2020zero].
 
     Context parallelism's key/value exchanges are not modelled (``layout.cp`` must be 1), nor are
     the forward all-reduces that activation recomputation repeats in the backward pass.
@@ -844,7 +847,8 @@ def layout_traffic(params: float, layers: int, d_model: float, tokens_per_step: 
     tensor = (layers / pp) * per_layer * 2 * (t - 1) / t * replica_tokens * d_model * b
     pipeline = 0.0 if pp == 1 else 2 * replica_tokens * d_model * b / t
     shard = gradient_bytes(params, b) / (t * pp)
-    data = 2 * (dp - 1) / dp * shard * (1.5 * microbatches if zero_stage == 3 else 1.0)
+    passes = {0: 2.0, 1: 2.0, 2: microbatches + 1.0, 3: 3.0 * microbatches}[zero_stage]  # of (dp-1)/dp·shard
+    data = (dp - 1) / dp * shard * passes
     return TierTraffic(compute=compute, tensor=tensor, pipeline=pipeline, data=data)
 
 

@@ -170,9 +170,12 @@ class Outcome:
 def share_bytes(run: Run, layout: memory.Layout, recompute: str = "none") -> dict[str, float]:
     """Bytes of each part of the run one chip of ``layout`` holds (weights, gradients, optimizer
     state, activations: :func:`chipbook.memory.layout_bytes_per_chip`), the activations those of the
-    fullest pipeline stage with Llama 3's uneven split (:func:`chipbook.memory.first_stage_share`)."""
+    fullest pipeline stage with Llama 3's uneven split (:func:`chipbook.memory.first_stage_share`), of no
+    more micro-batches than the fullest replica has (one sequence each; the step's sequences rounded up
+    over the replicas)."""
     act = run.activations(layout.tensor, recompute) * memory.first_stage_share(run.layers, layout.pipeline)
-    return memory.layout_bytes_per_chip(run.params, RECIPE, layout, activations_per_microbatch=act)
+    return memory.layout_bytes_per_chip(run.params, RECIPE, layout, activations_per_microbatch=act,
+                                        microbatches=math.ceil(run.tokens_per_step / (layout.data * run.seq)))
 
 
 def _fits(run: Run, chip: Mapping, layout: memory.Layout, recompute: str,

@@ -22,9 +22,10 @@ def test_binding_panels_show_chips_shares_and_what_binds():
             _outcome("c", 300.0, 20.0, 290.0, 0.4, 300.0, "scale-out bandwidth")]
     fig = figures.plot_binding(rows, 90)
     left, right = fig.axes
-    np.testing.assert_allclose(sorted(b.get_x() + b.get_width() for b in left.patches), [300.0, 1000.0])
+    used = [line for line in left.get_lines() if line.get_marker() == "D"]
+    assert [line.get_xdata()[0] for line in used] == [1000.0, 300.0]  # top row first
     np.testing.assert_allclose(sorted(b.get_width() for b in right.patches), [0.4, 0.9])
-    colours = {to_hex(b.get_facecolor()) for b in left.patches}
+    colours = {to_hex(line.get_color()) for line in used}
     assert colours == {figures.BIND_COLOURS[b].lower() for b in ("compute", "scale-out bandwidth")}
     # each system's two counts, capacity's square and compute's dot, top row first
     squares = [line.get_xdata()[0] for line in left.get_lines() if line.get_marker() == "s"]

@@ -552,3 +552,18 @@ def test_first_stage_share_by_hand():
     assert m.first_stage_share(126, 2) == 1.0 and m.first_stage_share(126, 1) == 1.0
     with pytest.raises(ValueError, match="pipeline"):
         m.first_stage_share(126, 0)
+
+
+def test_no_schedule_keeps_more_micro_batches_than_the_step_has():
+    # Llama 3's 8K stage: 16 sequences a replica and 16 stages; interleaving (c = 2) would keep
+    # 1 + 15/32 times 1F1B's 16 micro-batches, but only 16 exist [korthikanti2022reducing]
+    layout = m.Layout(tensor=8, pipeline=16, data=128, zero_stage=1, in_flight=16, chunks=2)
+    free = m.layout_bytes_per_chip(4.05e11, "mixed-adam", layout, activations_per_microbatch=16e9)
+    capped = m.layout_bytes_per_chip(4.05e11, "mixed-adam", layout, activations_per_microbatch=16e9,
+                                     microbatches=16)
+    assert free["activations"] == pytest.approx(16e9 / 16 * 16 * (1 + 15 / 32))
+    assert capped["activations"] == pytest.approx(16e9)
+    assert {k: v for k, v in capped.items() if k != "activations"} == {
+        k: v for k, v in free.items() if k != "activations"}
+    with pytest.raises(ValueError, match="microbatches"):
+        m.layout_bytes_per_chip(4.05e11, "mixed-adam", layout, activations_per_microbatch=1.0, microbatches=0)

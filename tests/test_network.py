@@ -490,6 +490,10 @@ def test_llama3_405b_layout_traffic_by_hand():
                                   utilisation=0.41, zero_stage=3, microbatches=16)
     assert zero3_16.data == pytest.approx(16 * 3 * 127 / 128 * 2 * 4.05e11 / 128)
     assert (zero3_16.compute, zero3_16.tensor) == (step.compute, step.tensor)
+    # ZeRO-2 reduce-scatters the sharded gradients every micro-batch and gathers the weights once
+    zero2_16 = net.layout_traffic(4.05e11, 126, 16384, tokens, layout, peak_flop_s=989e12,
+                                  utilisation=0.41, zero_stage=2, microbatches=16)
+    assert zero2_16.data == pytest.approx(17 * 127 / 128 * 2 * 4.05e11 / 128)
     with pytest.raises(ValueError, match="microbatches"):
         net.layout_traffic(4.05e11, 126, 16384, tokens, layout, peak_flop_s=989e12, utilisation=0.41,
                            zero_stage=3, microbatches=0)

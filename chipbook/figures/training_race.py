@@ -31,8 +31,8 @@ UNTIMED = {"capacity": "capacity, no layout fits", "batch": "batch, too few sequ
 
 @styled
 def plot_binding(outcomes: Sequence[training_race.Outcome], target_days: float, title: str = "") -> Figure:
-    """Two panels, one row per system. Left: the chips the run uses (a bar, log axis, coloured by what
-    binds), with the chips needed to hold its state (open square) and to do its arithmetic in
+    """Two panels, one row per system. Left: the chips the run uses (a diamond, log axis, coloured by
+    what binds), with the chips needed to hold its state (open square) and to do its arithmetic in
     ``target_days`` (dot): where the square lies right of the dot, capacity sets the count. Right: the
     share of each step spent computing (the rest waits on the network), with the threshold below which
     the network binds (dashed) and the days to train written beside the bar. A system with no time
@@ -42,19 +42,18 @@ def plot_binding(outcomes: Sequence[training_race.Outcome], target_days: float, 
                                       gridspec_kw={"width_ratios": [3, 2]})  # whole pixels at 100 dpi
     y = np.arange(len(names))[::-1]
     counts = [v for o in outcomes for v in (o.chips, o.chips_to_hold, o.chips_for_compute) if v > 0]
-    low, high = min(counts) / 3, max(counts) * 3
     for yi, o in zip(y, outcomes, strict=True):
         colour = BIND_COLOURS[o.binds]
         if math.isnan(o.days):
             right.text(0.02, yi, f"not timed: {UNTIMED.get(o.binds, o.binds)}", va="center", fontsize=8)
         else:
-            left.barh(yi, o.chips - low, left=low, color=colour, height=0.6)
+            left.plot([o.chips], [yi], "D", color=colour, ms=9)
             right.barh(yi, o.efficiency, color=colour, height=0.6)
             right.text(o.efficiency + 0.02, yi, f"{o.days:.0f} d", va="center", fontsize=8)
         left.plot([o.chips_to_hold], [yi], "s", mfc="white", mec=PALETTE["black"], ms=7)
         left.plot([o.chips_for_compute], [yi], "o", color=PALETTE["black"], ms=4)
     left.set_xscale("log")
-    left.set_xlim(low, high)
+    left.set_xlim(min(counts) / 3, max(counts) * 3)
     left.set_yticks(y, names, fontsize=8)
     left.set_xlabel("chips (log)")
     right.axvline(training_race.NETWORK_BOUND_BELOW, color=PALETTE["black"], linestyle="--", linewidth=1)
@@ -63,6 +62,7 @@ def plot_binding(outcomes: Sequence[training_race.Outcome], target_days: float, 
     right.set_xlabel("share of a step computing")
     shown = dict.fromkeys(o.binds for o in outcomes if not math.isnan(o.days))
     handles = [Patch(color=BIND_COLOURS[b], label=f"binds: {b}") for b in shown]
+    handles += [Line2D([], [], marker="D", color=PALETTE["black"], ls="", label="chips the run uses")]
     handles += [Line2D([], [], marker="s", mfc="white", mec=PALETTE["black"], ls="",
                        label="chips to hold the state"),
                 Line2D([], [], marker="o", color=PALETTE["black"], ms=4, ls="",
