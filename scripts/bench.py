@@ -228,19 +228,21 @@ def first_visit_row(browser: Browser, url: str, path: str) -> Row:
 
 def move_times(page: Page) -> list[float]:
     """Milliseconds from input to new frame for each step of every control of every explorable on
-    the loaded page, each control moved through its values while the others stay at their first."""
+    the loaded page, each control moved through its values from the one it opens on, while the
+    others stay where they opened (an explorable may open on any value of a control)."""
     install_frame_helpers(page)
     times = []
     for number, explorable in enumerate(explorables(page), 1):
         reveal(explorable)
         first = wait_for_frame(explorable)
         for control in controls(explorable):
-            for index in range(1, control.size):
+            start = control.position()
+            for index in [i for i in range(control.size) if i != start]:
                 milliseconds = time_move(page, explorable, control, index)
                 if milliseconds is None:
                     raise MeasurementError(f"explorable {number}: no new frame at value {index} of a control")
                 times.append(milliseconds)
-            control.select(0)
+            control.select(start)
             wait_for_frame(explorable, like=first.hash)
     return times
 
