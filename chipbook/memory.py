@@ -330,16 +330,22 @@ def layout_bytes_per_chip(params: float, recipe_name: str, layout: Layout, *,
     return out
 
 
-def first_stage_share(layers: int, pipeline: int) -> float:
-    """Share of one micro-batch's whole-model activations that the fullest stage of a 1F1B pipeline
-    keeps when, as Llama 3 did, the first and last stages get one layer fewer than the others
-    [dubey2024llama, section 3.3.2]: stage i keeps (pp − i) micro-batches of its layers, the inner
-    stages m = (L + 2)/pp layers each, so the fullest holds max(pp·(m − 1), (pp − 1)·m) layer-passes
-    against the L of an even split (which :func:`layout_bytes_per_chip` counts)."""
+def first_stage_share(layers: int, pipeline: int, chunks: int = 1) -> float:
+    """Share of one micro-batch's whole-model activations that the fullest stage of a pipeline keeps
+    when, as Llama 3 did, the first and last stages get one layer fewer than the others
+    [dubey2024llama, section 3.3.2], against the L/pp layers of an even split (which
+    :func:`layout_bytes_per_chip` counts). Under 1F1B (``chunks`` = 1) stage i keeps (pp − i)
+    micro-batches of its layers, the inner stages m = (L + 2)/pp layers each, so the fullest holds
+    max(pp·(m − 1), (pp − 1)·m) layer-passes against L. An interleaved schedule (``chunks`` > 1) keeps
+    about as many micro-batches on every stage (all of them, once :func:`layout_bytes_per_chip` caps
+    them at the step's), so the fullest is an inner stage: (L + 2)/L."""
     layers = _checks.count("layers", layers)
     pipeline = _checks.count("pipeline", pipeline)
+    chunks = _checks.count("chunks", chunks)
     if pipeline < 3:
         return 1.0  # no inner stage to take the layers the end stages give up
+    if chunks > 1:
+        return (layers + 2) / layers
     inner = (layers + 2) / pipeline
     return min(1.0, max(pipeline * (inner - 1), (pipeline - 1) * inner) / layers)
 

@@ -173,7 +173,8 @@ def share_bytes(run: Run, layout: memory.Layout, recompute: str = "none") -> dic
     fullest pipeline stage with Llama 3's uneven split (:func:`chipbook.memory.first_stage_share`), of no
     more micro-batches than the fullest replica has (one sequence each; the step's sequences rounded up
     over the replicas)."""
-    act = run.activations(layout.tensor, recompute) * memory.first_stage_share(run.layers, layout.pipeline)
+    act = run.activations(layout.tensor, recompute) * memory.first_stage_share(run.layers, layout.pipeline,
+                                                                              layout.chunks)
     return memory.layout_bytes_per_chip(run.params, RECIPE, layout, activations_per_microbatch=act,
                                         microbatches=math.ceil(run.tokens_per_step / (layout.data * run.seq)))
 

@@ -550,6 +550,8 @@ def test_first_stage_share_by_hand():
     # keeps 16 micro-batches of 7 layers (112), stage 1 keeps 15 of 8 (120), against 126 if even
     assert m.first_stage_share(126, 16) == pytest.approx(120 / 126)
     assert m.first_stage_share(126, 2) == 1.0 and m.first_stage_share(126, 1) == 1.0
+    # interleaved, every stage keeps the step's micro-batches: an inner stage's 8 layers, not 126/16
+    assert m.first_stage_share(126, 16, chunks=8) == pytest.approx(128 / 126)
     with pytest.raises(ValueError, match="pipeline"):
         m.first_stage_share(126, 0)
 

@@ -23,8 +23,8 @@ E5M2 with one scale per tensor (for the int8 recipe too), as Transformer Engine'
 gradients [micikevicius2022fp8]; each product accumulates in fp32. ``"tensor"`` scaling puts each
 tensor's current largest magnitude on the format's largest value (current scaling); ``"delayed"``
 takes the largest magnitude from a history of the earlier training steps' (:class:`AmaxHistory`,
-Transformer Engine's default delayed scaling [nvidia2024te]), so that values larger than any in the
-history are clamped; ``"mx"`` gives each block of 32 consecutive
+Transformer Engine's delayed-scaling recipe [nvidia2024te], here for the forward casts only), so that
+values larger than any in the history are clamped; ``"mx"`` gives each block of 32 consecutive
 elements along the *forward* product's reduction axis a power-of-two scale, the OCP MX rule
 [ocp2023mx]. The backward products reuse the forward's cast inputs, so "MXFP8" is MX in the forward
 pass only, with per-tensor E5M2 gradients: MX hardware casts each product's operands along that
